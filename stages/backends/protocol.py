@@ -1,0 +1,144 @@
+"""What the diffusion loop needs from a model, and nothing more.
+
+The loop (schedules, truncation, ODE/SDE, guidance, cover switch, repaint masks, checkpoints) is
+shared by every backend; a backend only turns conditioning into something its denoiser reads,
+predicts velocity, and moves between audio, latents and VQ codes. Keeping the surface this small
+is what lets the embedded model and the real ACE-Step model share every test of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from stages.backends.identity import BackendIdentity
+
+TaskKind = Literal["text2music", "cover", "repaint", "extract", "lego", "complete"]
+"""Conditioning task as the model sees it (generate and refine are both text2music)."""
+
+TRACK_NAMES: tuple[str, ...] = (
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+)
+
+FRAME_RATE = 25
+SAMPLE_RATE = 48_000
+HOP_LENGTH = 1920
+LATENT_DIM = 64
+VQ_POOL = 5
+"""Latent frames pooled into one VQ code (25 Hz -> 5 Hz)."""
+
+
+def _track_label(names: tuple[str, ...]) -> str:
+    return " | ".join(name.upper() for name in names)
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """Everything a model is conditioned on for one stage, in structured form.
+
+    Backends that read text (ACE-Step) use ``prompt_text``/``lyrics_text``, which follow the
+    reference formats exactly; the embedded model reads the fields directly. ``None`` metas are
+    rendered as ``N/A``; an empty caption stays empty (never replaced by a default).
+    """
+
+    task: TaskKind
+    caption: str = ""
+    lyrics: str = ""
+    instrumental: bool = False
+    vocal_language: str = "en"
+    bpm: int | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+    duration_s: float | None = None
+    track_names: tuple[str, ...] = ()
+
+    @property
+    def instruction(self) -> str:
+        tracks = _track_label(self.track_names)
+        match self.task:
+            case "text2music":
+                return "Fill the audio semantic mask based on the given conditions:"
+            case "repaint":
+                return "Repaint the mask area based on the given conditions:"
+            case "cover":
+                return "Generate audio semantic tokens based on the given conditions:"
+            case "extract":
+                return f"Extract the {tracks} track from the audio:" if tracks else "Extract the track from the audio:"
+            case "lego":
+                return (
+                    f"Generate the {tracks} track based on the audio context:"
+                    if tracks
+                    else "Generate the track based on the audio context:"
+                )
+            case "complete":
+                return f"Complete the input track with {tracks}:" if tracks else "Complete the input track:"
+        raise ValueError(f"unknown task {self.task!r}")
+
+    @property
+    def metas_text(self) -> str:
+        def show(value: object) -> str:
+            return "N/A" if value is None or value == "" else str(value)
+
+        duration = "N/A" if self.duration_s is None else f"{self.duration_s:g} seconds"
+        return (
+            f"- bpm: {show(self.bpm)}\n- timesignature: {show(self.timesignature)}\n"
+            f"- keyscale: {show(self.keyscale)}\n- duration: {duration}"
+        )
+
+    def prompt_text(self) -> str:
+        return (
+            f"# Instruction\n{self.instruction}\n\n# Caption\n{self.caption}\n\n"
+            f"# Metas\n{self.metas_text}<|endoftext|>\n"
+        )
+
+    def lyrics_text(self) -> str:
+        lyrics = "[Instrumental]" if self.instrumental else self.lyrics
+        return f"# Languages\n{self.vocal_language}\n\n# Lyric\n{lyrics}<|endoftext|>"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model as the loop sees it. Tensors are float32 on ``device`` unless noted.
+
+    Shapes: latents ``[B, T, 64]`` at 25 Hz; audio ``[B, 2, T * 1920]`` at 48 kHz; ``t`` is ``[B]``
+    in flow-matching time (1 = noise, 0 = clean); velocity is ``eps - x0``.
+    """
+
+    identity: BackendIdentity
+    device: torch.device
+
+    def encode_condition(self, spec: ConditionSpec, batch_size: int) -> Any:
+        """Conditioning for ``batch_size`` items; opaque to the loop."""
+
+    def null_condition(self, cond: Any) -> Any:
+        """The unconditional counterpart of ``cond`` (CFG's uncond branch)."""
+
+    def silence_latent(self, frames: int) -> torch.Tensor:
+        """The latent of silence, ``[frames, 64]``: text2music context and repaint fill."""
+
+    def make_context(self, src_latents: torch.Tensor, chunk_mask: torch.Tensor) -> Any:
+        """Context from source latents ``[B, T, 64]`` and a 0/1 chunk mask ``[B, T]`` (1 = generate)."""
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any, context: Any) -> torch.Tensor:
+        """Predicted velocity ``[B, T, 64]`` at noise level ``t``."""
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal noise of ``shape`` drawn from ``generator`` (reproducible)."""
+
+    def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio ``[B, 2, S]`` -> latents ``[B, S // 1920, 64]``; deterministic (mean/mode)."""
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, T, 64]`` -> audio ``[B, 2, T * 1920]``."""
+
+    def tokenize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, T, 64]`` -> integer VQ codes at 5 Hz, ``[B, ceil(T / 5), ...]``."""
+
+    def detokenize(self, codes: torch.Tensor, frames: int) -> torch.Tensor:
+        """VQ codes -> 25 Hz latents ``[B, frames, 64]`` (the cover bottleneck)."""
+
+    def reset_cache(self) -> None:
+        """Drop cached cross-attention state; called at the cover switch."""

@@ -1,0 +1,33 @@
+"""Backends are found by name through the ``prefect_acestep.backends`` entry point group and
+built once per process per (name, options): models are large, loading them per stage is waste."""
+
+from __future__ import annotations
+
+import threading
+from importlib.metadata import entry_points
+from typing import Any
+
+from stages.backends.protocol import Backend
+from stages.errors import BackendNotFound
+
+ENTRY_POINT_GROUP = "prefect_acestep.backends"
+DEFAULT_BACKEND = "embedded"
+
+_loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], Backend] = {}
+_lock = threading.Lock()
+
+
+def available_backends() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_backend(name: str = DEFAULT_BACKEND, **options: Any) -> Backend:
+    """The process-wide instance of backend ``name`` built with ``options`` (e.g. variant)."""
+    key = (name, tuple(sorted(options.items())))
+    with _lock:
+        if key not in _loaded:
+            matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+            if not matches:
+                raise BackendNotFound(f"no backend named {name!r}; available: {available_backends()}")
+            _loaded[key] = matches[0].load()(**options)
+        return _loaded[key]
