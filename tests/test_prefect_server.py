@@ -1,0 +1,21 @@
+"""Guards the pinned Prefect/fastapi pair: Prefect 3.8's server fails to start with fastapi >= 0.142
+(`Body() got an unexpected keyword argument 'min_items'`), so a bad resolution must fail CI here."""
+
+from __future__ import annotations
+
+import httpx
+from prefect import flow
+from prefect.settings import PREFECT_API_URL
+
+
+@flow
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_server_starts_and_runs_a_flow(prefect_server):
+    health = httpx.get(f"{PREFECT_API_URL.value()}/health", timeout=10)
+    assert health.status_code == 200
+    state = add(2, 3, return_state=True)
+    assert state.is_completed()
+    assert state.result() == 5
