@@ -99,3 +99,15 @@ class BackendNotFound(StageError):
 class TransientError(StageError):
     """A failure that may pass on retry (storage I/O hiccup, device out of memory, a backend's
     transient fault). The task layer retries these with backoff; nothing else is retried."""
+
+
+class BackendLoadError(StageError):
+    """A registered backend could not be built: its optional extra is not installed, its
+    checkpoint directory is missing or malformed, or its options are invalid. Nothing was loaded,
+    and a retry cannot help, so the task layer fails fast."""
+
+
+class AudioUnavailable(AudioError, TransientError):
+    """An audio source that could not be fetched right now (timeout, connection failure, HTTP 408,
+    429 or 5xx). It is still an ``AudioError`` (nothing was stored) but, being transient, the task
+    layer retries it instead of failing the run on a network blip."""

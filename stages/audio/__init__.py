@@ -1,0 +1,31 @@
+"""Audio I/O of the framework-free layer: load, convert, write with embedded params, import.
+
+Everything the rest of the project calls is re-exported here; the submodules each do one job.
+"""
+
+from stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from stages.audio.fetch import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TOTAL_TIMEOUT_S,
+    fetch_audio,
+    import_audio,
+)
+from stages.audio.io import WRITE_FORMATS, load_audio, write_audio
+from stages.audio.metadata import read_audio_metadata
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_TOTAL_TIMEOUT_S",
+    "WRITE_FORMATS",
+    "clamp",
+    "fetch_audio",
+    "import_audio",
+    "load_audio",
+    "peak_guard",
+    "read_audio_metadata",
+    "resample",
+    "to_stereo",
+    "write_audio",
+]

@@ -1,0 +1,65 @@
+"""Bring any waveform to the model's form: float32 stereo at 48 kHz within [-1, 1].
+
+The reference loads source audio by duplicating mono to stereo, resampling to 48 kHz and clamping,
+and guards decoded audio with ``wav /= max(1, peak)``; these are those steps, one function each, on
+``[channels, samples]`` tensors (the peak guard also takes a leading batch dimension).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+import torch
+
+from stages.backends.protocol import SAMPLE_RATE
+from stages.errors import AudioError
+
+RESAMPLE_QUALITY = "VHQ"
+"""soxr's very-high-quality band-limited resampler: source audio is resampled once, on import, and
+conditions every later stage, so spending a few milliseconds more per minute of audio is cheap."""
+
+
+def to_stereo(audio: torch.Tensor, *, source: str = "audio") -> torch.Tensor:
+    """Duplicate mono to two channels; stereo passes through.
+
+    More than two channels is an error rather than a guessed downmix: channel layouts (5.1, 7.1,
+    ambisonics, multitrack stems) differ, and a wrong guess would silently drop the vocals.
+    """
+    channels = audio.shape[0]
+    if channels == 1:
+        return audio.expand(2, -1).contiguous()
+    if channels == 2:
+        return audio
+    raise AudioError(
+        f"{source}: has {channels} channels; only mono and stereo are supported "
+        "(downmix it to stereo first, e.g. `ffmpeg -i in -ac 2 out.wav`)"
+    )
+
+
+def resample(audio: torch.Tensor, from_rate: int, to_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Resample ``[channels, samples]`` with soxr, keeping duration (and therefore pitch)."""
+    if from_rate == to_rate:
+        return audio
+    frames_first = np.ascontiguousarray(audio.numpy().T, dtype=np.float32)
+    out = soxr.resample(frames_first, from_rate, to_rate, quality=RESAMPLE_QUALITY)
+    return torch.from_numpy(np.ascontiguousarray(out.T))
+
+
+def clamp(audio: torch.Tensor) -> torch.Tensor:
+    """Clip to [-1, 1], the range every consumer (VAE encoder, PCM writers) assumes."""
+    return audio.clamp(-1.0, 1.0)
+
+
+def peak_guard(audio: torch.Tensor) -> torch.Tensor:
+    """Scale each item down to a peak of 1 if it exceeds it (``wav /= max(1, peak)``).
+
+    Scaling instead of clipping keeps a decoder's slightly-hot output undistorted. Per item: the
+    peak is taken over the last two dims (channels, samples), so one loud item of a batch does not
+    quieten the others. NaN/Inf cannot be guarded and is an error.
+    """
+    if not bool(torch.isfinite(audio).all()):
+        raise AudioError("audio contains NaN or Inf samples; refusing to scale or write it")
+    if audio.numel() == 0:
+        return audio
+    peak = audio.abs().amax(dim=(-2, -1), keepdim=True)
+    return audio / peak.clamp(min=1.0)

@@ -1,0 +1,144 @@
+"""Read any audio file into the model's form, and write waveforms out safely.
+
+Reading accepts whatever libsndfile decodes (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...) and
+returns float32 ``[2, S]`` at 48 kHz clamped to [-1, 1]. Writing picks the container from the file
+suffix, applies the peak guard, embeds the stage params, verifies they read back, and only then
+renames the finished file into place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from stages.audio.atomic import staged_output
+from stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
+from stages.backends.protocol import SAMPLE_RATE
+from stages.errors import AudioError
+
+WRITE_FORMATS: dict[str, tuple[str, str]] = {
+    ".wav": ("WAV", "PCM_24"),
+    ".flac": ("FLAC", "PCM_24"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".oga": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".aif": ("AIFF", "PCM_24"),
+    ".aiff": ("AIFF", "PCM_24"),
+}
+"""Suffix -> (libsndfile format, default subtype). PCM is 24-bit, not libsndfile's default 16:
+outputs are often fed back as sources of later stages, and 16-bit would add audible dither-free
+quantisation to quiet passages. Other suffixes naming a libsndfile format (``.caf``, ``.w64``) use
+that format's default subtype."""
+
+
+def load_audio(path: str | Path, *, max_seconds: float | None = None, source: str | None = None) -> torch.Tensor:
+    """Decode ``path`` to float32 ``[2, S]`` at 48 kHz, clamped to [-1, 1].
+
+    Zero samples, NaN/Inf samples, more than two channels, or (with ``max_seconds``) a longer
+    duration are ``AudioError``s naming ``source`` (default: the path). The duration is checked from
+    the header before decoding, so an over-long file is refused without reading it into memory.
+    Silence is accepted: it is valid (if dull) conditioning.
+    """
+    path = Path(path)
+    label = str(path) if source is None else source
+    if not path.is_file():
+        raise AudioError(f"{label}: no such audio file")
+    try:
+        info = sf.info(str(path))
+        _check_duration(info.frames, info.samplerate, max_seconds, label)
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{label}: not a readable audio file ({exc})") from exc
+    _check_duration(data.shape[0], rate, max_seconds, label)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{label}: contains NaN or Inf samples")
+    audio = to_stereo(torch.from_numpy(np.ascontiguousarray(data.T)), source=label)
+    return clamp(resample(audio, rate, SAMPLE_RATE)).contiguous()
+
+
+def _check_duration(frames: int, rate: int, max_seconds: float | None, label: str) -> None:
+    if frames <= 0:
+        raise AudioError(f"{label}: contains no audio samples")
+    if max_seconds is not None and frames / rate > max_seconds:
+        raise AudioError(f"{label}: is {frames / rate:.1f} s long; at most {max_seconds:g} s is accepted")
+
+
+def write_audio(
+    path: str | Path,
+    audio: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    subtype: str | None = None,
+) -> Path:
+    """Write ``audio`` (``[C, S]`` or ``[1, C, S]``, C = 1 or 2) atomically; return the path.
+
+    The format comes from the suffix (see ``WRITE_FORMATS``). ``metadata`` (the stage params) is
+    embedded as JSON and read back from the finished temporary file before it is published; a
+    format that cannot carry it (W64 has no text tags; WAV, CAF, AIFF and Opus cap their size) is an
+    ``AudioError`` rather than a file silently missing its params. ``None`` writes no tags at all.
+    """
+    path = Path(path)
+    fmt, default_subtype = _format_for(path)
+    waveform = _as_frames_first(audio, path)
+    comment = None if metadata is None else encode_comment(metadata)
+    try:
+        with staged_output(path.parent, suffix=path.suffix, target=path) as staged:
+            with sf.SoundFile(
+                str(staged.tmp), "w", samplerate=sample_rate, channels=waveform.shape[1],
+                format=fmt, subtype=default_subtype if subtype is None else subtype,
+            ) as f:
+                if comment is not None:  # before any samples: FLAC/OGG write tags in the header
+                    f.software = SOFTWARE
+                    f.comment = comment
+                f.write(waveform)
+            if metadata is not None:
+                _verify_metadata(staged.tmp, metadata, path, len(comment or ""))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        raise AudioError(f"{path}: cannot write {fmt} audio ({exc})") from exc
+    return path
+
+
+def _format_for(path: Path) -> tuple[str, str]:
+    suffix = path.suffix.lower()
+    if suffix in WRITE_FORMATS:
+        return WRITE_FORMATS[suffix]
+    fmt = suffix.lstrip(".").upper()
+    if fmt and fmt in sf.available_formats():
+        return fmt, sf.default_subtype(fmt)
+    raise AudioError(
+        f"{path}: cannot tell the audio format from suffix {path.suffix!r}; "
+        f"use one of {', '.join(sorted(WRITE_FORMATS))} or another libsndfile format name"
+    )
+
+
+def _as_frames_first(audio: torch.Tensor, path: Path) -> np.ndarray:
+    """``[C, S]`` (or a batch of one) -> peak-guarded float32 ``[S, C]`` as libsndfile wants it."""
+    if audio.dim() == 3 and audio.shape[0] == 1:
+        audio = audio[0]
+    if audio.dim() != 2 or audio.shape[0] not in (1, 2):
+        raise AudioError(f"{path}: expected audio shaped [channels<=2, samples] or [1, channels, samples], got {tuple(audio.shape)}")
+    if audio.shape[1] == 0:
+        raise AudioError(f"{path}: refusing to write audio with no samples")
+    guarded = peak_guard(audio.detach().to(device="cpu", dtype=torch.float32))
+    return np.ascontiguousarray(clamp(guarded).numpy().T)
+
+
+def _verify_metadata(tmp: Path, metadata: Mapping[str, Any], path: Path, size: int) -> None:
+    """A format that cannot hold the tags drops them, truncates them or breaks the file: all three
+    show up as not reading back what was written."""
+    expected = json.loads(json.dumps(dict(metadata)))
+    try:
+        found = read_audio_metadata(tmp)
+    except AudioError:
+        found = None
+    if found != expected:
+        raise AudioError(f"{path}: the {path.suffix} format cannot carry {size} bytes of metadata; write .flac")
