@@ -1,0 +1,378 @@
+"""The canonical parameter set of one diffusion pass (spec 4.1 ``StageParams``) and its vocabularies.
+
+Every request model (custom, simple, pipeline) is assembled from the field groups defined here, so a
+field's type, bounds and description exist once. The groups are separate classes only so that other
+models can take part of them: ``PipelineRequest`` shares ``Conditioning`` and ``RunSettings`` with its
+stages, ``GenerateRequest`` takes all of ``StageFields``. These models are also the Prefect UI's run
+forms, which is why every field carries a description and a bound or an enum.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from typing_extensions import Self
+
+from stages.backends.protocol import TRACK_NAMES, ConditionSpec, TaskKind
+from stages.engine.variants import VARIANTS
+
+StageKind = Literal["generate", "refine", "cover", "repaint", "extract", "lego", "complete"]
+"""Stage types that run a diffusion pass (``LatentRecord.stage_type`` adds ``import``)."""
+
+AUDIO_STAGES: frozenset[str] = frozenset({"cover", "repaint", "extract", "lego", "complete"})
+"""Stages conditioned on source audio: they cannot run without a source."""
+
+TRACK_STAGES: frozenset[str] = frozenset({"extract", "lego"})
+"""Stages whose instruction names one track, so ``track_name`` is required."""
+
+ModelVariant = Literal["base", "sft", "turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"]
+"""Keys of ``stages.engine.variants.VARIANTS`` (a test keeps the two in step)."""
+
+InferMethod = Literal["ode", "sde"]
+SchedulerName = Literal["linear", "discrete", "continuous"]
+
+TrackName = Literal[TRACK_NAMES]  # type: ignore[valid-type]  # Literal[tuple] spreads the names
+
+VOCAL_LANGUAGES: tuple[str, ...] = (
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en",
+    "es", "fa", "fi", "fr", "he", "hi", "hr", "ht", "hu", "id",
+    "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no",
+    "pa", "pl", "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw",
+    "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh",
+    "unknown",
+)  # fmt: skip
+"""ACE-Step 1.5's vocal languages (``acestep/constants.py``); ``unknown`` lets the model decide."""
+VocalLanguage = Literal[VOCAL_LANGUAGES]  # type: ignore[valid-type]
+
+KEYSCALES: tuple[str, ...] = tuple(
+    f"{note}{accidental} {mode}"
+    for note in "ABCDEFG"
+    for accidental in ("", "#", "b", "♯", "♭")
+    for mode in ("major", "minor")
+)
+"""ACE-Step 1.5's 70 key/scale names, e.g. ``C major``, ``F# minor``, ``B♭ major``."""
+KeyScale = Literal[("",) + KEYSCALES]  # type: ignore[valid-type]
+
+TIME_SIGNATURES: tuple[str, ...] = ("2", "3", "4", "6")
+"""Beats per bar as ACE-Step writes them in the metas (2 = 2/4, 3 = 3/4, 4 = 4/4, 6 = 6/8)."""
+TimeSignature = Literal[("",) + TIME_SIGNATURES]  # type: ignore[valid-type]
+
+MAX_SEED = 2**32 - 1
+MAX_BATCH = 64
+MAX_STAGES = 64
+MAX_DURATION_S = 600.0
+"""The reference handler caps latents at 15000 frames (600 s at 25 Hz)."""
+
+LEGACY_FIELD_NAMES: dict[str, str] = {
+    "type": "stage_type",
+    "steps": "inference_steps",
+    "input_stage": "src_stage",
+    "checkpoint_step": "checkpoint_steps",
+    "model": "variant",
+}
+"""Field names of the web app's schemas (spec 5.1/5.2) that old requests still send."""
+
+_LEGACY_MODEL_PREFIX = "acestep-v15-"
+
+
+def _minus_one_is_none(value: Any) -> Any:
+    """ACE-Step's ``-1`` sentinel ("auto" duration, "end of source" repaint end) is our ``None``."""
+    return None if isinstance(value, int | float) and not isinstance(value, bool) and value == -1 else value
+
+
+def _sorted_unique(steps: list[int]) -> list[int]:
+    """Checkpoints are taken in step order; a repeated step would store the same state twice."""
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"checkpoint_steps has repeated steps: {steps}")
+    return sorted(steps)
+
+
+def _legacy_value(old: str, value: Any) -> Any:
+    if old == "checkpoint_step":
+        return [value]
+    if old == "model" and isinstance(value, str) and value.startswith(_LEGACY_MODEL_PREFIX):
+        return value[len(_LEGACY_MODEL_PREFIX) :]
+    return value
+
+
+# Field types shared by several models (descriptions and bounds written once).
+InstrumentalField = Annotated[
+    bool, Field(title="Instrumental", description="No vocals: the lyrics are replaced by [Instrumental].")
+]
+VocalLanguageField = Annotated[
+    VocalLanguage, Field(title="Vocal language", description="Language of the lyrics; 'unknown' lets the model decide.")
+]
+DurationField = Annotated[
+    Annotated[float, Field(gt=0, le=MAX_DURATION_S)] | None,
+    BeforeValidator(_minus_one_is_none),
+    Field(
+        title="Duration (s)",
+        description="Length of the result in seconds. None (or the legacy -1): taken from the source latent, "
+        "else chosen by the planner/backend.",
+    ),
+]
+SeedField = Annotated[
+    int,
+    Field(
+        ge=-1,
+        le=MAX_SEED,
+        title="Seed",
+        description="Base seed; -1 draws one. Each batch item gets its own seed derived from it (recorded).",
+    ),
+]
+LatentIdField = Annotated[str | None, Field(min_length=1, max_length=200)]
+
+
+class StrictModel(BaseModel):
+    """Base of every request model: unknown fields are errors (a typo must not be silently ignored),
+    while the web app's old field names are still understood."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_legacy_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        if "instruction" in data and "stage_type" in fields:
+            raise ValueError("instruction: it is derived from stage_type and the track names and cannot be set")
+        renamed = dict(data)
+        legacy = {old: new for old, new in LEGACY_FIELD_NAMES.items() if new in fields and old not in fields}
+        for old, new in legacy.items():
+            if old not in renamed:
+                continue
+            if new in renamed:
+                raise ValueError(f"{old}: legacy name of {new}; give one of them, not both")
+            value = renamed.pop(old)
+            if value is not None:
+                renamed[new] = _legacy_value(old, value)
+        return renamed
+
+
+class Conditioning(StrictModel):
+    """What the music should be: text and musical metas (the model's conditioning)."""
+
+    caption: str = Field("", title="Caption", description="Style/content description of the music. '' = no caption.")
+    lyrics: str = Field("", title="Lyrics", description="Lyrics with optional [verse]/[chorus] tags. '' = none.")
+    instrumental: InstrumentalField = False
+    vocal_language: VocalLanguageField = "unknown"
+    bpm: int | None = Field(None, ge=30, le=300, title="BPM", description="Tempo in beats per minute; None = unset.")
+    keyscale: KeyScale = Field("", title="Key / scale", description="Key and scale, e.g. 'C major'; '' = unset.")
+    timesignature: TimeSignature = Field(
+        "", title="Time signature", description="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); '' = unset."
+    )
+    duration: DurationField = None
+
+
+class RunSettings(StrictModel):
+    """Which model runs, and how many samples: shared by every stage of a pipeline unless overridden."""
+
+    variant: ModelVariant = Field(
+        "turbo", title="Model variant", description="ACE-Step 1.5 variant; sets default steps, shift, schedule and CFG."
+    )
+    backend: str = Field(
+        "embedded",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        title="Backend",
+        description="Model backend, by its 'prefect_acestep.backends' entry point name.",
+    )
+    batch_size: int = Field(
+        1, ge=1, le=MAX_BATCH, title="Batch size", description="Samples generated at once, one seed each."
+    )
+
+
+class StageFields(RunSettings, Conditioning):
+    """Fields shared by ``StageParams`` and ``GenerateRequest``, and the rules that tie them together.
+
+    Not a request by itself: the two subclasses differ only in how they name their latent source
+    (``SOURCE_FIELDS``), which is why the rules read the source through that list.
+    """
+
+    SOURCE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    stage_type: StageKind = Field(
+        "generate",
+        title="Stage type",
+        description="generate (from noise, or resume a checkpoint), refine (partially denoise a latent), "
+        "cover, repaint, extract, lego, complete (audio tasks that need a source).",
+    )
+    track_name: TrackName | None = Field(
+        None, title="Track", description="Track for extract/lego: the one track to extract or add."
+    )
+    complete_track_classes: list[TrackName] = Field(
+        default_factory=list, title="Tracks to complete", description="Tracks that complete adds; [] = unspecified."
+    )
+    repainting_start: float = Field(
+        0.0,
+        ge=-MAX_DURATION_S,
+        le=MAX_DURATION_S,
+        title="Repaint start (s)",
+        description="Start of the repaint/lego window in seconds; negative pads before the source (outpainting).",
+    )
+    repainting_end: Annotated[
+        Annotated[float, Field(ge=-MAX_DURATION_S, le=MAX_DURATION_S)] | None, BeforeValidator(_minus_one_is_none)
+    ] = Field(
+        None,
+        title="Repaint end (s)",
+        description="End of the window in seconds (exclusive); None (or the legacy -1) = end of the source; "
+        "past the end pads (outpainting).",
+    )
+    audio_cover_strength: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        title="Cover strength",
+        description="Cover: the first int(steps * strength) steps are conditioned on the source's VQ codes.",
+    )
+    src_audio_id: LatentIdField = Field(
+        None, title="Source audio", description="Latent ID of imported audio to use as the source."
+    )
+    resume_sample_index: int = Field(
+        0,
+        ge=0,
+        le=MAX_BATCH - 1,
+        title="Source sample",
+        description="Batch item of the source latent to use (0 = first).",
+    )
+    inference_steps: int | None = Field(
+        None, ge=1, le=200, title="Steps", description="Diffusion steps N; None = the variant's default (30 or 8)."
+    )
+    shift: float | None = Field(
+        None, ge=1.0, le=5.0, title="Shift", description="Timestep shift; None = the variant's default."
+    )
+    seed: SeedField = -1
+    infer_method: InferMethod = Field("ode", title="Sampler", description="ode (deterministic Euler) or sde.")
+    scheduler: SchedulerName | None = Field(
+        None, title="Scheduler", description="Timestep schedule; None = the variant's own."
+    )
+    timesteps: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=201,
+        title="Custom timesteps",
+        description="Custom schedule (t in [0, 1], 1 = noise), treated per variant; None = computed.",
+    )
+    guidance_scale: float = Field(
+        7.0, ge=1.0, le=20.0, title="Guidance scale", description="CFG scale (base/sft only; 1 = no guidance)."
+    )
+    use_adg: bool = Field(False, title="Use ADG", description="Angle-clipped guidance (ADG) instead of APG.")
+    cfg_interval_start: float = Field(
+        0.0, ge=0.0, le=1.0, title="CFG interval start", description="Guidance applies while t >= this (t: 1 = noise)."
+    )
+    cfg_interval_end: float = Field(
+        1.0, ge=0.0, le=1.0, title="CFG interval end", description="Guidance applies while t <= this."
+    )
+    t_start: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        title="t_start",
+        description="Noise level to start from, in (0, 1]: < 1 partially denoises the source latent. None = 1.0, "
+        "or a checkpoint's own step when resuming one.",
+    )
+    checkpoint_steps: Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_sorted_unique)] = Field(
+        default_factory=list,
+        title="Checkpoint steps",
+        description="Absolute step indices K at which to store the state x_t (start of step K); [] = none.",
+    )
+
+    @property
+    def planned_steps(self) -> int:
+        """Steps N before custom timesteps are applied (those may change N; the engine decides)."""
+        return self.inference_steps if self.inference_steps is not None else VARIANTS[self.variant].default_steps
+
+    @property
+    def task(self) -> TaskKind:
+        """The model's task: generate and refine are both text2music."""
+        return "text2music" if self.stage_type in ("generate", "refine") else self.stage_type
+
+    def condition_spec(self) -> ConditionSpec:
+        """The structured conditioning; its ``instruction`` is derived here, never set by a user."""
+        tracks: tuple[str, ...] = ()
+        if self.stage_type in TRACK_STAGES and self.track_name is not None:
+            tracks = (self.track_name,)
+        elif self.stage_type == "complete":
+            tracks = tuple(self.complete_track_classes)
+        return ConditionSpec(
+            task=self.task,
+            caption=self.caption,
+            lyrics=self.lyrics,
+            instrumental=self.instrumental,
+            vocal_language=self.vocal_language,
+            bpm=self.bpm,
+            keyscale=None if self.keyscale == "" else self.keyscale,
+            timesignature=None if self.timesignature == "" else self.timesignature,
+            duration_s=self.duration,
+            track_names=tracks,
+        )
+
+    @property
+    def instruction(self) -> str:
+        """Derived, not a field: the model detects covers from it, so it must always match the task."""
+        return self.condition_spec().instruction
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        problems = self._rule_violations()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _rule_violations(self) -> list[str]:
+        sources = ", ".join(self.SOURCE_FIELDS)
+        has_source = any(getattr(self, name) is not None for name in self.SOURCE_FIELDS)
+        problems: list[str] = []
+        if self.stage_type in AUDIO_STAGES | {"refine"} and not has_source:
+            problems.append(f"stage_type {self.stage_type!r} needs a source: set one of {sources}")
+        if self.t_start is not None and self.t_start < 1.0 and not has_source:
+            problems.append(f"t_start {self.t_start} < 1 partially denoises a source latent: set one of {sources}")
+        if self.stage_type in TRACK_STAGES and self.track_name is None:
+            problems.append(f"track_name is required for stage_type {self.stage_type!r} (one of {list(TRACK_NAMES)})")
+        if self.task not in VARIANTS[self.variant].tasks:
+            problems.append(f"stage_type {self.stage_type!r} is not supported by variant {self.variant!r}")
+        if self.repainting_end is not None and self.repainting_end <= self.repainting_start:
+            problems.append(
+                f"repainting_end {self.repainting_end} must be greater than repainting_start {self.repainting_start}"
+            )
+        if self.cfg_interval_end < self.cfg_interval_start:
+            problems.append(
+                f"cfg_interval_end {self.cfg_interval_end} is below cfg_interval_start {self.cfg_interval_start}"
+            )
+        if self.timesteps is None:
+            out_of_range = [step for step in self.checkpoint_steps if step >= self.planned_steps]
+            if out_of_range:
+                problems.append(
+                    f"checkpoint_steps {out_of_range} out of range: {self.planned_steps} inference steps "
+                    f"allow 0..{self.planned_steps - 1}"
+                )
+        return problems
+
+
+class StageParams(StageFields):
+    """The effective parameters of one diffusion pass: what a stage runs with and what a latent records.
+
+    Sources follow the precedence ``src_latent_id > src_stage > src_audio_id > noise``
+    (``stages.requests.resolve_source``). Task-specific fields (track names, repaint window, cover
+    strength) are kept, not rejected, on stages that ignore them, so that switching a stage's type and
+    back loses nothing.
+    """
+
+    SOURCE_FIELDS: ClassVar[tuple[str, ...]] = ("src_latent_id", "src_stage", "src_audio_id")
+
+    src_latent_id: LatentIdField = Field(
+        None,
+        title="Source latent",
+        description="Stored latent to start from: the init latent of refine/generate (a checkpoint resumes "
+        "exactly), or the source of an audio task.",
+    )
+    src_stage: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_STAGES - 1,
+        title="Source stage",
+        description="Index of an earlier pipeline stage whose result is the source.",
+    )
