@@ -1,0 +1,161 @@
+"""What the model is conditioned on, per task: the ACE-Step context rules in one place.
+
+The context is the source latents concatenated with a 0/1 chunk mask (1 = generate). Tasks differ
+only in which source and which mask they pass, and cover additionally switches to plain
+text2music conditioning part-way through the schedule; the loop itself stays task-agnostic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stages.backends.protocol import FRAME_RATE, Backend, ConditionSpec
+from stages.errors import InvalidStageRequest
+
+SOURCE_TASKS = frozenset({"cover", "repaint", "extract", "lego", "complete"})
+WINDOW_TASKS = frozenset({"repaint", "lego"})
+_FRAME_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """A repaint/lego window in frames, after padding the source for outpainting."""
+
+    pad_left: int
+    pad_right: int
+    start: int
+    end: int
+    frames: int
+
+
+def window_geometry(source_frames: int, window: tuple[float, float]) -> WindowGeometry:
+    """Frames of the window ``[start, end)`` seconds over a source of ``source_frames``.
+
+    The window covers every frame it touches (floor of start, ceil of end), so the requested
+    seconds are always regenerated. A negative start or an end past the source pads the source with
+    silence on that side (outpainting); the output is then longer than the source.
+    """
+    start_s, end_s = (float(v) for v in window)
+    if not (math.isfinite(start_s) and math.isfinite(end_s)) or end_s <= start_s:
+        raise InvalidStageRequest(f"repaint_window: need start < end (seconds), got {window}")
+    start = math.floor(start_s * FRAME_RATE + _FRAME_EPS)
+    end = math.ceil(end_s * FRAME_RATE - _FRAME_EPS)
+    pad_left = max(0, -start)
+    pad_right = max(0, end - source_frames)
+    return WindowGeometry(pad_left, pad_right, start + pad_left, end + pad_left, pad_left + source_frames + pad_right)
+
+
+def output_frames(task: str, source_frames: int, window: tuple[float, float] | None) -> int:
+    """Frames a task's output has: the source's, or more when a window outpaints."""
+    if task in WINDOW_TASKS and window is not None:
+        return window_geometry(source_frames, window).frames
+    return source_frames
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One conditioning regime: the encoded condition, its null (CFG) and the context."""
+
+    cond: Any
+    uncond: Any | None
+    context: Any
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything the loop needs from the task.
+
+    ``first`` is used for absolute steps ``< switch_step`` and ``after`` from there on (cover only;
+    otherwise ``switch_step`` is ``None`` and ``after`` is ``None``). ``keep`` and ``keep_source``
+    are set for repaint/lego: where ``keep`` is True the output is the source, exactly.
+    """
+
+    first: Conditioning
+    switch_step: int | None
+    after: Conditioning | None
+    keep: torch.Tensor | None
+    keep_source: torch.Tensor | None
+
+
+def build_task_context(
+    backend: Backend,
+    spec: ConditionSpec,
+    *,
+    batch: int,
+    frames: int,
+    source: torch.Tensor | None,
+    window: tuple[float, float] | None,
+    cover_strength: float,
+    total_steps: int,
+    guided: bool,
+) -> TaskContext:
+    """The conditioning regimes, masks and kept source for one run (see the module docstring)."""
+    task = spec.task
+    _check_fields(task, source, window, cover_strength)
+    device = backend.device
+    silence = backend.silence_latent(frames).to(device).unsqueeze(0).expand(batch, -1, -1).contiguous()
+    ones = torch.ones(batch, frames, device=device)
+
+    if task == "text2music":
+        return TaskContext(_regime(backend, spec, batch, silence, ones, guided), None, None, None, None)
+
+    assert source is not None
+    expected = output_frames(task, source.shape[1], window)
+    if expected != frames:
+        raise InvalidStageRequest(
+            f"frames: {task} over a source of {source.shape[1]} frames yields {expected} frames, got frames={frames}"
+        )
+    if task in WINDOW_TASKS and window is not None:
+        geo = window_geometry(source.shape[1], window)
+        padded = torch.cat([silence[:, : geo.pad_left], source, silence[:, geo.pad_left + source.shape[1] :]], dim=1)
+    else:
+        geo, padded = None, source
+
+    if task == "cover":
+        vq = backend.detokenize(backend.tokenize(padded), frames)
+        switch = int(total_steps * cover_strength)
+        first = _regime(backend, spec, batch, vq, ones, guided)
+        plain = dataclasses.replace(spec, task="text2music", track_names=())
+        after = _regime(backend, plain, batch, silence, ones, guided) if switch < total_steps else None
+        return TaskContext(first, switch if after is not None else None, after, None, None)
+
+    if geo is None:  # extract, complete, and lego over the whole source
+        return TaskContext(_regime(backend, spec, batch, padded, ones, guided), None, None, None, None)
+
+    mask = torch.zeros(batch, frames, device=device)
+    mask[:, geo.start : geo.end] = 1.0
+    src = padded
+    if task == "repaint":
+        src = padded.clone()
+        src[:, geo.start : geo.end] = silence[:, geo.start : geo.end]
+    keep = (mask == 0).unsqueeze(-1)
+    return TaskContext(_regime(backend, spec, batch, src, mask, guided), None, None, keep, padded)
+
+
+def _regime(
+    backend: Backend, spec: ConditionSpec, batch: int, src: torch.Tensor, mask: torch.Tensor, guided: bool
+) -> Conditioning:
+    cond = backend.encode_condition(spec, batch)
+    return Conditioning(cond, backend.null_condition(cond) if guided else None, backend.make_context(src, mask))
+
+
+def _check_fields(
+    task: str, source: torch.Tensor | None, window: tuple[float, float] | None, cover_strength: float
+) -> None:
+    if task in SOURCE_TASKS and source is None:
+        raise InvalidStageRequest(f"source: task {task} needs source latents")
+    if task not in SOURCE_TASKS and source is not None:
+        raise InvalidStageRequest(f"source: task {task} takes no source latents (refine passes init instead)")
+    if task == "repaint" and window is None:
+        raise InvalidStageRequest("repaint_window: task repaint needs a window [start, end) in seconds")
+    if task not in WINDOW_TASKS and window is not None:
+        raise InvalidStageRequest(f"repaint_window: task {task} takes no window (only repaint and lego do)")
+    if not 0.0 <= cover_strength <= 1.0:
+        raise InvalidStageRequest(f"cover_strength: must lie in [0, 1], got {cover_strength}")
+    if task != "cover" and cover_strength != 1.0:
+        raise InvalidStageRequest(f"cover_strength: only the cover task uses it (task {task})")
