@@ -148,10 +148,10 @@ def test_window_covers_every_touched_frame():
 
 @pytest.mark.parametrize("task", ["extract", "complete"])
 def test_extract_and_complete_take_the_whole_source(task):
-    backend = GaussianBackend(variant="sft")
+    backend = GaussianBackend(variant="base")
     src = source()
     spec = ConditionSpec(task=task, track_names=("drums",), **CAPTION)
-    run_loop(backend, request(spec, variant="sft", steps=5, source=src))
+    run_loop(backend, request(spec, variant="base", steps=5, source=src))
     ctx = backend.calls[0].context
     assert torch.equal(ctx.src, src) and torch.equal(ctx.mask, torch.ones(1, 100))
     with pytest.raises(InvalidStageRequest, match="task"):

@@ -61,8 +61,8 @@ def test_variant_table():
     assert [VARIANTS[n].default_steps for n in ("base", "sft")] == [30, 30]
     assert all(VARIANTS[n].default_steps == 8 and not VARIANTS[n].uses_cfg for n in VARIANTS if n.startswith("turbo"))
     assert VARIANTS["base"].uses_cfg and VARIANTS["sft"].uses_cfg
-    assert VARIANTS["turbo"].tasks == {"text2music", "repaint", "cover"}
-    assert VARIANTS["base"].tasks == VARIANTS["sft"].tasks == {
+    assert VARIANTS["turbo"].tasks == VARIANTS["sft"].tasks == {"text2music", "repaint", "cover"}
+    assert VARIANTS["base"].tasks == {
         "text2music", "cover", "repaint", "extract", "lego", "complete"
     }
     with pytest.raises(InvalidStageRequest, match="variant"):

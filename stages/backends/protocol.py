@@ -82,10 +82,11 @@ class ConditionSpec:
         def show(value: object) -> str:
             return "N/A" if value is None or value == "" else str(value)
 
-        duration = "N/A" if self.duration_s is None else f"{self.duration_s:g} seconds"
+        # Upstream (_dict_to_meta_string) writes whole seconds and ends the metas with a newline.
+        duration = "N/A" if self.duration_s is None else f"{int(self.duration_s)} seconds"
         return (
             f"- bpm: {show(self.bpm)}\n- timesignature: {show(self.timesignature)}\n"
-            f"- keyscale: {show(self.keyscale)}\n- duration: {duration}"
+            f"- keyscale: {show(self.keyscale)}\n- duration: {duration}\n"
         )
 
     def prompt_text(self) -> str:

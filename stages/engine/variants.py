@@ -48,7 +48,8 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("base", 30, True, "linear", 1.0, None, "reject", ALL_TASKS),
-        Variant("sft", 30, True, "linear", 1.0, None, "as_given", ALL_TASKS),
+        # Upstream's supported_tasks_for_model: extract/lego/complete run on base only.
+        Variant("sft", 30, True, "linear", 1.0, None, "as_given", TURBO_TASKS),
         Variant("turbo", 8, False, "discrete", 3.0, None, "map_turbo", TURBO_TASKS),
         Variant("turbo-shift1", 8, False, "linear", 1.0, None, "as_given", TURBO_TASKS),
         Variant("turbo-shift3", 8, False, "linear", 3.0, 3.0, "as_given", TURBO_TASKS),

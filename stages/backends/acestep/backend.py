@@ -1,0 +1,194 @@
+"""The real ACE-Step 1.5 model as a ``Backend``: diffusers modules driven by our loop.
+
+The diffusers pipeline's own loop is not used: its cover strength blends two velocities instead of
+switching conditioning, and it has no partial start, SDE or checkpoints. This class only turns
+conditioning into what the DiT reads and exposes the model's velocity, VAE and VQ bottleneck.
+
+Tensors cross the protocol in float32; inside, the model runs in its dtype (bf16 on CUDA, fp32 on
+CPU). Every call runs under ``torch.no_grad`` rather than ``inference_mode``: the loop edits some
+returned tensors in place (repaint fills), which inference tensors forbid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+
+from stages.backends.acestep import conditioning as cnd
+from stages.backends.acestep.digest import directory_digest, file_digest
+from stages.backends.acestep.loading import (
+    MODULES,
+    ROOT_SILENCE,
+    VQ_PARTS,
+    Components,
+    check_layout,
+    load_components,
+    read_transformer_config,
+    require_extra,
+    resolve_dtype,
+)
+from stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
+from stages.backends.identity import BackendIdentity
+from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
+from stages.errors import BackendLoadError, InvalidStageRequest
+
+NAME = "acestep"
+LATENT_SPACE = "acestep-v15"
+_PAD_NOISE_SEED = 0x0AC3_57E9_0128
+"""Seeds the fixed noise of the min-length tail (see conditioning.pad_to_min_frames)."""
+
+
+class AceStepBackend:
+    """ACE-Step 1.5 (base, sft or turbo) from a local diffusers-layout checkpoint directory.
+
+    ``variant`` defaults to the checkpoint config's own; naming one is needed only for the turbo
+    sampling flavours (turbo-shift1/-shift3/-continuous), which share the turbo config.
+    """
+
+    def __init__(
+        self, checkpoint_dir: str, variant: str | None = None, device: str = "cpu", dtype: str | None = None
+    ) -> None:
+        require_extra()
+        root = Path(checkpoint_dir).expanduser()
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise BackendLoadError(f"device: {device!r} is not a torch device ({exc})") from exc
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
+        self.dtype = resolve_dtype(self.device, dtype)
+        has_vq = check_layout(root)
+        self.family, variant_name = resolve_variant(read_transformer_config(root), variant, str(root))
+        self._parts = load_components(root, has_vq, self.device, self.dtype)
+        digests = _part_digests(root)
+        self.identity = BackendIdentity(
+            name=NAME,
+            variant=variant_name,
+            latent_space=f"{LATENT_SPACE}-vae-{digests['vae'][:16]}",
+            weights_digest=hashlib.sha256("".join(f"{k}:{v}\n" for k, v in digests.items()).encode()).hexdigest(),
+        )
+        generator = torch.Generator().manual_seed(_PAD_NOISE_SEED)
+        self._pad_noise = torch.randn(cnd.MIN_FRAMES, LATENT_DIM, generator=generator).to(self.device, self.dtype)
+
+    @property
+    def components(self) -> Components:
+        """The loaded modules, for benchmarks that time the bare DiT against the loop."""
+        return self._parts
+
+    @torch.no_grad()
+    def encode_condition(self, spec: ConditionSpec, batch_size: int) -> cnd.AceStepCondition:
+        check_task(self.family, self.identity.variant, spec.task)
+        if batch_size < 1:
+            raise InvalidStageRequest(f"batch_size: must be >= 1, got {batch_size}")
+        return cnd.encode_spec(self._parts, spec, self.device).expand(batch_size)
+
+    @torch.no_grad()
+    def null_condition(self, cond: cnd.AceStepCondition) -> cnd.AceStepCondition:
+        check_guidance(self.family, self.identity.variant)
+        return cnd.null_of(self._parts, cond)
+
+    def silence_latent(self, frames: int) -> torch.Tensor:
+        cnd.check_frames(frames, "frames")
+        return self._parts.silence[:frames].to(torch.float32, copy=True)
+
+    @torch.no_grad()
+    def make_context(self, src_latents: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        return cnd.context_of(src_latents.to(self.device), chunk_mask.to(self.device), self.dtype)
+
+    @torch.no_grad()
+    def velocity(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: cnd.AceStepCondition, context: torch.Tensor
+    ) -> torch.Tensor:
+        batch, frames, _ = x_t.shape
+        cnd.check_frames(frames, "x_t")
+        if cond.hidden_states.shape[0] != batch or tuple(context.shape[:2]) != (batch, frames):
+            raise InvalidStageRequest(
+                f"velocity: x_t {tuple(x_t.shape)} does not match cond batch {cond.hidden_states.shape[0]} "
+                f"/ context {tuple(context.shape)}"
+            )
+        timestep = t.to(self.device, self.dtype)
+        x, ctx = cnd.pad_to_min_frames(
+            x_t.to(self.device, self.dtype), context, timestep, self._parts.silence, self._pad_noise
+        )
+        out = self._parts.transformer(
+            hidden_states=x,
+            timestep=timestep,
+            timestep_r=timestep,
+            encoder_hidden_states=cond.hidden_states,
+            context_latents=ctx,
+            return_dict=False,
+        )[0]
+        return out[:, :frames].float()
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        drawn = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return drawn.to(self.device)
+
+    @torch.no_grad()
+    def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() != 3 or audio.shape[1] != 2:
+            raise InvalidStageRequest(f"audio: expected [B, 2, samples], got {tuple(audio.shape)}")
+        frames = audio.shape[2] // HOP_LENGTH
+        cnd.check_frames(frames, "audio frames")
+        wave = audio[:, :, : frames * HOP_LENGTH].to(self.device, self.dtype)
+        latents = self._parts.vae.encode(wave).latent_dist.mode()  # the mean: deterministic
+        return latents.transpose(1, 2).float()
+
+    @torch.no_grad()
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        _check_latents(latents, "latents")
+        z = latents.to(self.device, self.dtype).transpose(1, 2)
+        return self._parts.vae.decode(z).sample.float()
+
+    @torch.no_grad()
+    def tokenize(self, latents: torch.Tensor) -> torch.Tensor:
+        _check_latents(latents, "latents")
+        tokenizer = self._vq()[0]
+        _quantized, codes = tokenizer.tokenize(latents.to(self.device, self.dtype), self._parts.silence.unsqueeze(0))
+        return codes
+
+    @torch.no_grad()
+    def detokenize(self, codes: torch.Tensor, frames: int) -> torch.Tensor:
+        cnd.check_frames(frames, "frames")
+        if codes.dim() != 3 or codes.shape[1] != math.ceil(frames / VQ_POOL):
+            raise InvalidStageRequest(
+                f"codes: expected [B, ceil({frames} / {VQ_POOL}), quantizers], got {tuple(codes.shape)}"
+            )
+        tokenizer, detokenizer = self._vq()
+        quantized = tokenizer.quantizer.get_output_from_indices(codes.to(self.device))
+        return detokenizer(quantized.to(self.dtype))[:, :frames].float()
+
+    def reset_cache(self) -> None:
+        """Nothing to drop: the diffusers DiT recomputes cross-attention keys and values from
+        ``encoder_hidden_states`` on every call, so a switch of condition takes effect at once."""
+
+    def _vq(self) -> tuple:
+        parts = self._parts
+        if parts.audio_tokenizer is None:
+            raise BackendLoadError(
+                f"this checkpoint has no {list(VQ_PARTS)} subfolders, so the cover bottleneck cannot run; "
+                "re-convert it with a diffusers converter that exports them"
+            )
+        return parts.audio_tokenizer, parts.audio_token_detokenizer
+
+
+def _check_latents(latents: torch.Tensor, what: str) -> None:
+    if latents.dim() != 3 or latents.shape[2] != LATENT_DIM:
+        raise InvalidStageRequest(f"{what}: expected [B, T, {LATENT_DIM}], got {tuple(latents.shape)}")
+    cnd.check_frames(latents.shape[1], what)
+
+
+def _part_digests(root: Path) -> dict[str, str]:
+    """Digest per part that shapes outputs (modules, tokenizer, VQ pair, loose silence latent).
+
+    The latent space is named after the VAE's alone: base, sft and turbo ship one shared VAE, so
+    their latents interchange, while a checkpoint with another VAE (a tiny test one) never mixes in.
+    """
+    names = [name for name in (*MODULES, "tokenizer", *VQ_PARTS) if (root / name).is_dir()]
+    digests = {name: directory_digest(root / name) for name in names}
+    if (root / ROOT_SILENCE).is_file():
+        digests[ROOT_SILENCE] = file_digest(root / ROOT_SILENCE, ROOT_SILENCE)
+    return digests
