@@ -59,6 +59,8 @@ TIME_SIGNATURES: tuple[str, ...] = ("2", "3", "4", "6")
 TimeSignature = Literal[("",) + TIME_SIGNATURES]  # type: ignore[valid-type]
 
 MAX_SEED = 2**32 - 1
+DEFAULT_GUIDANCE_SCALE = 7.0
+"""ACE-Step's default CFG scale for the guided variants."""
 MAX_BATCH = 64
 MAX_STAGES = 64
 MAX_DURATION_S = 600.0
@@ -256,8 +258,13 @@ class StageFields(RunSettings, Conditioning):
         title="Custom timesteps",
         description="Custom schedule (t in [0, 1], 1 = noise), treated per variant; None = computed.",
     )
-    guidance_scale: float = Field(
-        7.0, ge=1.0, le=20.0, title="Guidance scale", description="CFG scale (base/sft only; 1 = no guidance)."
+    guidance_scale: float | None = Field(
+        None,
+        ge=1.0,
+        le=20.0,
+        title="Guidance scale",
+        description="CFG scale for guided variants (base/sft); 1 = no guidance. None = the variant's default "
+        f"({DEFAULT_GUIDANCE_SCALE:g} for base/sft, no guidance for turbo variants, which reject any other value).",
     )
     use_adg: bool = Field(False, title="Use ADG", description="Angle-clipped guidance (ADG) instead of APG.")
     cfg_interval_start: float = Field(
@@ -279,11 +286,24 @@ class StageFields(RunSettings, Conditioning):
         title="Checkpoint steps",
         description="Absolute step indices K at which to store the state x_t (start of step K); [] = none.",
     )
+    allow_cross_variant: bool = Field(
+        False,
+        title="Allow cross-variant source",
+        description="Let a latent made by another variant of the same latent space feed this stage "
+        "(quality is unpredictable; off by default, spec 8).",
+    )
 
     @property
     def planned_steps(self) -> int:
         """Steps N before custom timesteps are applied (those may change N; the engine decides)."""
         return self.inference_steps if self.inference_steps is not None else VARIANTS[self.variant].default_steps
+
+    @property
+    def effective_guidance_scale(self) -> float:
+        """The scale the loop runs with: the given one, else the variant's default."""
+        if self.guidance_scale is not None:
+            return self.guidance_scale
+        return DEFAULT_GUIDANCE_SCALE if VARIANTS[self.variant].uses_cfg else 1.0
 
     @property
     def task(self) -> TaskKind:

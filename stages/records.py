@@ -44,6 +44,11 @@ class LatentRecord(BaseModel):
     total_steps: int | None = Field(default=None, ge=1, description="Steps N of the full schedule.")
     schedule: list[float] | None = Field(default=None, description="Full schedule (N+1 values, terminal last).")
     t_start: float | None = Field(default=None, description="Effective t_start the run began at (schedule[k]).")
+    noise_level: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Noise level t of the stored state: 0 for a final, schedule[K] for a checkpoint."
+    )
+    shift: float | None = Field(default=None, description="Effective shift of the schedule (None for custom timesteps).")
+    scheduler: str | None = Field(default=None, description="How the schedule was made: linear, discrete, continuous, custom.")
 
     parent_ids: list[str] = Field(default_factory=list, description="Latent IDs this latent was made from.")
     pipeline_id: str | None = Field(default=None, description="Pipeline (flow) run that produced it.")

@@ -12,6 +12,7 @@ returned tensors in place (repaint fills), which inference tensors forbid.
 from __future__ import annotations
 
 import hashlib
+import os
 import math
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from stages.backends.identity import BackendIdentity
 from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
 from stages.errors import BackendLoadError, InvalidStageRequest
 
+CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
+DEVICE_ENV = "ACESTEP_DEVICE"
 NAME = "acestep"
 LATENT_SPACE = "acestep-v15"
 _PAD_NOISE_SEED = 0x0AC3_57E9_0128
@@ -49,9 +52,22 @@ class AceStepBackend:
     """
 
     def __init__(
-        self, checkpoint_dir: str, variant: str | None = None, device: str = "cpu", dtype: str | None = None
+        self,
+        checkpoint_dir: str | None = None,
+        variant: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> None:
+        """``checkpoint_dir`` and ``device`` default to ``ACESTEP_CHECKPOINT_DIR`` and ``ACESTEP_DEVICE``
+        (else cuda when available, else cpu): stages name only the backend and variant, so a worker's
+        environment says where its weights are."""
         require_extra()
+        if checkpoint_dir is None:
+            checkpoint_dir = os.environ.get(CHECKPOINT_DIR_ENV, "")
+            if checkpoint_dir == "":
+                raise BackendLoadError(f"checkpoint_dir: not given and {CHECKPOINT_DIR_ENV} is not set")
+        if device is None:
+            device = os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu")
         root = Path(checkpoint_dir).expanduser()
         try:
             self.device = torch.device(device)
