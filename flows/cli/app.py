@@ -1,0 +1,175 @@
+"""``prefect-acestep``: run the flows and manage latents from a shell.
+
+Every command takes ``--json`` (machine-readable output on stdout); a typed error exits 2 with one
+line naming the latent or field and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli import latents
+from flows.cli.demo import run_demo
+from flows.cli.output import emit, table, typed_errors
+from flows.cli.requests import build_request
+from stages.conversions import custom_to_stage, restore
+from stages.decode import decode_latent
+from stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
+from stages.results import StageResult
+
+app = typer.Typer(
+    name="prefect-acestep",
+    help="ACE-Step 1.5 stages as Prefect flows over persisted latent IDs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(latents.app, name="latents")
+
+StoreOption = latents.StoreOption
+JsonOption = latents.JsonOption
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Directory for audio files; default: ACE_AUDIO_DIR.")
+]
+
+
+def _results_table(hops: list[list[StageResult]]) -> None:
+    rows = []
+    for index, results in enumerate(hops):
+        for result in results:
+            checkpoints = ", ".join(f"{c.step}:{c.latent_id}" for c in result.checkpoints)
+            rows.append(
+                [index, result.params.stage_type, result.latent_id, result.sample_index, result.seed,
+                 checkpoints, result.audio_path]
+            )  # fmt: skip
+    table("Stages", ["#", "stage", "latent", "sample", "seed", "checkpoints", "audio"], rows)
+
+
+def _out(out: Path | None) -> str | None:
+    return None if out is None else str(out)
+
+
+@app.command()
+def demo(out: OutOption = Path("out/demo"), store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """Run the demo pipeline on the embedded backend, write audio files, resume from a checkpoint."""
+    with typed_errors():
+        report = run_demo(out_dir=str(out), store=store)
+        emit(report, as_json, lambda r: r.print())
+
+
+@app.command()
+def run(
+    request_file: Annotated[Path, typer.Argument(help="Pipeline request (PipelineRequest) as JSON or YAML.")],
+    out: OutOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a pipeline request file."""
+    from flows.pipeline import pipeline_flow
+
+    with typed_errors():
+        request = build_request(PipelineRequest, request_file, {})
+        hops = pipeline_flow(request, store=store, out_dir=_out(out))
+        emit(hops, as_json, _results_table)
+
+
+@app.command()
+def generate(
+    request_file: Annotated[
+        Path | None, typer.Option("--request", help="GenerateRequest as JSON or YAML; flags override it.")
+    ] = None,
+    caption: Annotated[str | None, typer.Option(help="Caption.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed (-1 draws one).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Model variant.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Inference steps.")] = None,
+    init_latent_id: Annotated[str | None, typer.Option(help="Latent to resume from.")] = None,
+    t_start: Annotated[float | None, typer.Option(help="Start noise level in (0, 1].")] = None,
+    checkpoint_step: Annotated[list[int] | None, typer.Option(help="Store x_t at this step (repeatable).")] = None,
+    out: OutOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one stage (custom mode), from a request file and/or flags."""
+    from flows.generate import generate_flow
+
+    with typed_errors():
+        request = build_request(
+            GenerateRequest,
+            request_file,
+            {
+                "caption": caption, "duration": duration, "seed": seed, "variant": variant,
+                "inference_steps": steps, "init_latent_id": init_latent_id, "t_start": t_start,
+                "checkpoint_steps": checkpoint_step or None,
+            },
+        )  # fmt: skip
+        results = generate_flow(request, store=store, out_dir=_out(out))
+        emit(results, as_json, lambda r: _results_table([r]))
+
+
+@app.command()
+def simple(
+    description: Annotated[str, typer.Argument(help="What the music should be, in plain words.")],
+    duration: Annotated[float | None, typer.Option(help="Seconds (default: planned).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed (-1 draws one).")] = -1,
+    instrumental: Annotated[bool, typer.Option(help="No vocals.")] = False,
+    out: OutOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Describe the music; the planner fills the parameters, then one generate stage runs."""
+    from flows.simple import simple_flow
+
+    with typed_errors():
+        request = SimpleRequest(description=description, duration=duration, seed=seed, instrumental=instrumental)
+        results = simple_flow(request, store=store, out_dir=_out(out))
+        emit(results, as_json, lambda r: _results_table([r]))
+
+
+@app.command()
+def decode(
+    latent_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Audio file (its suffix picks the format).")],
+    sample: Annotated[list[int] | None, typer.Option(help="Sample index to decode (repeatable; default all).")] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Decode a stored latent to audio. With several samples, files are named ``<stem>_<i><suffix>``."""
+    with typed_errors():
+        latents_store = latents.open_store(store)
+        paths = decode_latent(
+            latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
+            stem=output.stem,
+        )  # fmt: skip
+        if len(paths) == 1 and output.suffix:
+            paths = [paths[0].replace(output)]
+        emit([str(p) for p in paths], as_json, lambda ps: typer.echo("\n".join(ps)))
+
+
+@app.command("restore")
+def restore_command(
+    latent_id: str,
+    sample: Annotated[int, typer.Option(help="Sample index of the batch.")] = 0,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the custom request (GenerateRequest) that resumes from this latent, as JSON (its natural
+    form for a person too: it is what ``generate --request`` reads)."""
+    with typed_errors():
+        request = restore(latents.open_store(store).record(latent_id), sample_index=sample)
+        emit(request, True, lambda r: None)
+
+
+@app.command("to-stage")
+def to_stage(
+    latent_id: str,
+    sample: Annotated[int, typer.Option(help="Sample index of the batch.")] = 0,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the pipeline stage ("add to pipeline") that starts from this latent, as JSON."""
+    with typed_errors():
+        request = restore(latents.open_store(store).record(latent_id), sample_index=sample)
+        emit(custom_to_stage(request), True, lambda r: None)

@@ -1,0 +1,66 @@
+"""How the command line talks: JSON for scripts (``--json``), tables for people, and one line per
+typed error with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from stages.errors import StageError
+
+console = Console(stderr=True)
+EXIT_ERROR = 2
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_jsonable(item) for key, item in value.items()}
+    return value
+
+
+def emit(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    """Print ``value`` as JSON on stdout, or let ``human`` render it for a person."""
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(value), indent=2, default=str))
+    else:
+        human(value)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    view = Table(title=title)
+    for column in columns:
+        view.add_column(column, overflow="fold")
+    for row in rows:
+        view.add_row(*("-" if cell is None else str(cell) for cell in row))
+    Console().print(view)
+
+
+def _first_line(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        return f"invalid request: {details}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    """A typed error (ours, or a request that fails validation) exits 2 with one line naming it."""
+    try:
+        yield
+    except (StageError, ValidationError) as error:
+        print(f"error: {type(error).__name__}: {_first_line(error)}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from None

@@ -1,0 +1,48 @@
+"""Custom mode: one stage, from noise or resumed from a stored latent, with checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.common import resolve_out_dir, run_id, with_audio
+from stages.conversions import custom_to_params
+from stages.requests import GenerateRequest
+from stages.results import StageResult
+from tasks.artifacts import publish_summary
+from tasks.blocks import AceLatentStore
+from tasks.stage_tasks import stage_task_for
+
+
+def run_custom(
+    request: GenerateRequest,
+    block: AceLatentStore,
+    out_dir: str | None,
+    title: str,
+    lm_metadata: dict[str, Any] | None = None,
+    refresh_cache: bool = False,
+) -> list[StageResult]:
+    """The body of every one-stage flow (generate, simple, replay)."""
+    params = custom_to_params(request)
+    audio_dir = resolve_out_dir(out_dir)
+    stage = stage_task_for(params, block)
+    if refresh_cache:
+        stage = stage.with_options(refresh_cache=True)
+    results = stage(params, block, pipeline_id=run_id(), lm_metadata=lm_metadata)
+    results = with_audio(results, block, audio_dir, stem=f"{params.stage_type}-{results[0].latent_id}")
+    publish_summary(title, [results], audio_dir, key="acestep-generate-summary")
+    return results
+
+
+@flow(name="acestep-generate", description="Run one ACE-Step stage (custom mode): generate, resume, or an audio task.")
+def generate_flow(request: GenerateRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
+    """Run one stage. With ``init_latent_id`` it partially denoises that latent from ``t_start``, or
+    resumes a checkpoint exactly (``t_start`` unset); ``checkpoint_steps`` stores intermediate states.
+
+    Args:
+        request: The custom-mode request.
+        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
+    """
+    return run_custom(request, AceLatentStore.resolve(store), out_dir, "ACE-Step generate")

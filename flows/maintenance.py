@@ -1,0 +1,20 @@
+"""Maintenance: the store's TTL and byte-budget collection, run on a schedule by a deployment."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from stages.store import GcReport
+from tasks.blocks import AceLatentStore
+from tasks.store_tasks import gc_task
+
+
+@flow(name="acestep-gc", description="Collect expired latents and evict to the byte budget (pins are kept).")
+def gc_flow(store: str | None = None) -> GcReport:
+    """Remove expired latents (and, with a byte budget, evict checkpoints then finals, least recently
+    used first); pinned latents and their ancestors are kept.
+
+    Args:
+        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+    """
+    return gc_task(AceLatentStore.resolve(store))

@@ -1,0 +1,44 @@
+"""User audio (a path or an http(s) URL) into the store as an encoded latent.
+
+This is the spec's ``audio_store`` upload: the returned ID is what ``src_audio_id`` names. The
+latent is the backend's VAE encoding of the audio, recorded as stage type ``import`` with the
+source and the audio's digest, so audio tasks use it without another decode/encode round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from stages.audio import import_audio
+from stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, Backend
+from stages.errors import AudioError
+from stages.store import LatentStore
+
+
+def import_audio_latent(
+    source: str,
+    store: LatentStore,
+    backend: Backend,
+    *,
+    max_seconds: float | None = None,
+    pin: bool = False,
+) -> str:
+    """Fetch, validate and encode ``source``; store it and return its latent ID. Nothing is stored
+    when the audio is unreadable, empty, too long or not audio (``AudioError``)."""
+    audio = import_audio(source) if max_seconds is None else import_audio(source, max_seconds=max_seconds)
+    frames = audio.shape[-1] // HOP_LENGTH
+    if frames < 1:
+        raise AudioError(f"{source}: shorter than one latent frame ({HOP_LENGTH} samples at {SAMPLE_RATE} Hz)")
+    audio = audio[:, : frames * HOP_LENGTH].contiguous()
+    digest = hashlib.sha256(audio.numpy().tobytes()).hexdigest()
+    latents = backend.vae_encode(audio.unsqueeze(0).to(backend.device)).to(torch.float32).cpu().contiguous()
+    return store.put(
+        latents,
+        stage_type="import",
+        backend=backend.identity,
+        params={"source": str(source), "audio_sha256": digest, "seconds": frames * HOP_LENGTH / SAMPLE_RATE},
+        seeds=[],
+        pinned=pin,
+    )

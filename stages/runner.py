@@ -1,0 +1,328 @@
+"""``run_stage``: one stage against a store and a backend, framework-free.
+
+It resolves the source by precedence (typed errors, no fallback to noise), checks compatibility,
+prepares the loop's inputs per mode, runs the shared loop, and stores the final latent and every
+checkpoint with full provenance (design invariant 3). The Prefect tasks call exactly this.
+
+Modes, decided by the source:
+- noise: no source; a fresh run of ``duration`` seconds.
+- init: a final latent feeding generate/refine: partial denoising from ``t_start`` (the fast path:
+  no VAE decode or encode at all).
+- resume: a checkpoint latent: exact continuation from its step, momentum and generators.
+- audio: cover/repaint/extract/lego/complete: the source goes through audio first (decode, then
+  encode), as the spec requires, unless it already is encoded audio (an ``import`` latent).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+from stages.backends.protocol import FRAME_RATE, Backend
+from stages.backends.registry import load_backend
+from stages.compat import as_float32, check_source
+from stages.engine.context import output_frames
+from stages.engine.loop import LoopRequest, LoopResult, LoopState, StepInfo, run_loop
+from stages.errors import IncompatibleLatent, InvalidStageRequest
+from stages.params import AUDIO_STAGES, StageParams
+from stages.records import LatentRecord
+from stages.requests import resolve_source
+from stages.results import CheckpointRef, StageResult
+from stages.seeds import draw_base_seed, item_seeds
+from stages.store import LatentStore
+
+DEFAULT_DURATION_S = 30.0
+"""Length of a run from noise when neither the request nor a source gives one."""
+MOMENTUM_KEY = "momentum"
+GENERATOR_STATES_KEY = "generator_states"
+
+Mode = Literal["noise", "init", "resume", "audio"]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a run happened, recorded on its latents (Prefect fills the run ids)."""
+
+    pipeline_id: str | None = None
+    stage_index: int | None = None
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+
+
+@dataclass
+class _Source:
+    """The resolved source of a run: its record, the selected sample, and how it will be used."""
+
+    mode: Mode
+    record: LatentRecord | None = None
+    latent: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample_index: int = 0
+
+
+def backend_for(params: StageParams) -> Backend:
+    """The process-wide backend instance a stage with ``params`` runs on."""
+    return load_backend(params.backend, variant=params.variant)
+
+
+def run_stage(
+    params: StageParams,
+    store: LatentStore,
+    *,
+    backend: Backend | None = None,
+    stage_latents: Mapping[int, str] | None = None,
+    provenance: Provenance = Provenance(),
+    lm_metadata: dict[str, Any] | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> list[StageResult]:
+    """Run one stage and return one ``StageResult`` per batch item.
+
+    ``stage_latents`` maps earlier pipeline stage indices to their final latent IDs (for
+    ``src_stage``). Nothing is stored unless the whole run succeeds.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    model = backend if backend is not None else backend_for(params)
+    if model.identity.variant != params.variant:
+        raise InvalidStageRequest(
+            f"variant: params ask for {params.variant!r}, the backend is {model.identity.variant!r}"
+        )
+    source_id = source_latent_id(params, stage_latents)
+    source = _load_source(params, store, model, source_id)
+    timings["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    base_seed = draw_base_seed(params.seed)
+    seeds = item_seeds(base_seed, params.batch_size)
+    request = _loop_request(params, store, model, source, seeds, on_step)
+    timings["prepare"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    result = run_loop(model, request)
+    timings["diffusion"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    snapshot = _params_snapshot(params, base_seed, source_id)
+    common: dict[str, Any] = dict(
+        backend=model.identity,
+        stage_type=params.stage_type,
+        params=snapshot.model_dump(mode="json"),
+        seeds=seeds,
+        batch_size=params.batch_size,
+        total_steps=result.steps,
+        schedule=result.schedule,
+        t_start=result.t_start,
+        shift=result.shift,
+        scheduler=result.scheduler,
+        pipeline_id=provenance.pipeline_id,
+        stage_index=provenance.stage_index,
+        flow_run_id=provenance.flow_run_id,
+        task_run_id=provenance.task_run_id,
+        lm_metadata=lm_metadata,
+    )
+    parents = [] if source_id is None else [source_id]
+    checkpoints = [_store_checkpoint(store, state, parents, common) for state in result.checkpoints]
+    final_id = store.put(result.x0.detach().cpu().contiguous(), parent_ids=parents, **common)
+    timings["store"] = time.perf_counter() - clock
+
+    return [
+        StageResult(
+            latent_id=final_id,
+            sample_index=index,
+            seed=seed,
+            checkpoints=checkpoints,
+            params=snapshot,
+            stage_index=provenance.stage_index,
+            backend=model.identity,
+            total_steps=result.steps,
+            start_step=result.start_index,
+            t_start=result.t_start,
+            timings=timings,
+            lm_metadata=lm_metadata,
+        )
+        for index, seed in enumerate(seeds)
+    ]
+
+
+def source_latent_id(params: StageParams, stage_latents: Mapping[int, str] | None) -> str | None:
+    """The latent a stage reads, by the one precedence rule (``None`` for noise)."""
+    source = resolve_source(params)
+    if source.kind == "noise":
+        return None
+    if source.kind == "stage":
+        known = {} if stage_latents is None else stage_latents
+        if source.value not in known:
+            raise InvalidStageRequest(f"src_stage: stage {source.value} has no result in this pipeline")
+        return known[source.value]
+    assert isinstance(source.value, str)
+    return source.value
+
+
+def _load_source(params: StageParams, store: LatentStore, model: Backend, source_id: str | None) -> _Source:
+    if source_id is None:
+        return _Source(mode="noise")
+    record = store.record(source_id)
+    check_source(
+        record, model.identity, sample_index=params.resume_sample_index, allow_cross_variant=params.allow_cross_variant
+    )
+    index = params.resume_sample_index
+    latent = as_float32(source_id, store.get(source_id))[index : index + 1]
+    if record.is_checkpoint:
+        if record.stage_type != params.stage_type:
+            raise InvalidStageRequest(
+                f"stage_type: checkpoint {source_id} belongs to a {record.stage_type} run; resume it as "
+                f"{record.stage_type}, not {params.stage_type}"
+            )
+        extras = {name: tensor[index : index + 1] for name, tensor in store.get_extras(source_id).items()}
+        return _Source(mode="resume", record=record, latent=latent, extras=extras, sample_index=index)
+    mode: Mode = "audio" if params.stage_type in AUDIO_STAGES else "init"
+    return _Source(mode=mode, record=record, latent=latent)
+
+
+def _audio_source(store: LatentStore, model: Backend, record: LatentRecord, latent: torch.Tensor) -> torch.Tensor:
+    """An audio task's source latents: imported audio is already encoded; any other latent goes
+    through audio (decode, encode) so that cover keeps the VQ path exactly as for uploaded audio."""
+    if record.stage_type == "import":
+        return latent
+    return model.vae_encode(model.vae_decode(latent.to(model.device))).to(torch.float32)
+
+
+def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRecord) -> torch.Tensor | None:
+    """The audio source of the run a checkpoint came from (its parent), for resuming audio tasks."""
+    if checkpoint.stage_type not in AUDIO_STAGES:
+        return None
+    if not checkpoint.parent_ids:
+        raise IncompatibleLatent(checkpoint.id, "source of the checkpointed audio task", "a parent latent", "none")
+    parent_id = checkpoint.parent_ids[0]
+    parent = store.record(parent_id)
+    index = StageParams.model_validate(checkpoint.params).resume_sample_index
+    latent = as_float32(parent_id, store.get(parent_id))[index : index + 1]
+    return _audio_source(store, model, parent, latent)
+
+
+def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None) -> int:
+    if source.latent is None:
+        duration = params.duration if params.duration is not None else DEFAULT_DURATION_S
+        return max(1, round(duration * FRAME_RATE))
+    base = source.latent if task_source is None else task_source
+    frames = base.shape[1]
+    if params.stage_type in ("repaint", "lego"):
+        return output_frames(params.task, frames, _window(params, frames))
+    if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
+        assert source.record is not None
+        raise IncompatibleLatent(source.record.id, "duration (frames at 25 Hz)", params.duration * FRAME_RATE, frames)
+    return frames
+
+
+def _window(params: StageParams, source_frames: int) -> tuple[float, float] | None:
+    if params.stage_type not in ("repaint", "lego"):
+        return None
+    end = params.repainting_end if params.repainting_end is not None else source_frames / FRAME_RATE
+    return (params.repainting_start, end)
+
+
+def _loop_request(
+    params: StageParams,
+    store: LatentStore,
+    model: Backend,
+    source: _Source,
+    seeds: list[int],
+    on_step: Callable[[StepInfo], None] | None,
+) -> LoopRequest:
+    init: torch.Tensor | None = None
+    task_source: torch.Tensor | None = None
+    resume: LoopState | None = None
+    if source.mode == "init":
+        init = source.latent
+    elif source.mode == "audio":
+        assert source.record is not None and source.latent is not None
+        task_source = _audio_source(store, model, source.record, source.latent)
+    elif source.mode == "resume":
+        assert source.record is not None
+        task_source = _resume_task_source(store, model, source.record)
+        resume = _resume_state(source, len(seeds))
+    frames = _frames(params, source, task_source)
+    cond = params.condition_spec()
+    if cond.duration_s is None or source.latent is not None:
+        cond = replace(cond, duration_s=frames / FRAME_RATE)
+    window_frames = task_source.shape[1] if task_source is not None else frames
+    return LoopRequest(
+        cond=cond,
+        seeds=seeds,
+        frames=frames,
+        variant=params.variant,
+        steps=params.inference_steps,
+        shift=params.shift,
+        scheduler=params.scheduler,
+        custom_timesteps=params.timesteps,
+        infer_method=params.infer_method,
+        guidance_scale=params.effective_guidance_scale,
+        use_adg=params.use_adg,
+        cfg_interval=(params.cfg_interval_start, params.cfg_interval_end),
+        init=init,
+        t_start=params.t_start,
+        source=task_source,
+        cover_strength=params.audio_cover_strength if params.stage_type == "cover" else 1.0,
+        repaint_window=_window(params, window_frames),
+        checkpoint_steps=tuple(params.checkpoint_steps),
+        resume=resume,
+        on_step=on_step,
+    )
+
+
+def _resume_state(source: _Source, batch: int) -> LoopState:
+    """The checkpoint as the loop's state, for ``batch`` items continuing the one stored sample
+    (items whose seed equals the stored one continue its noise stream exactly)."""
+    record, latent = source.record, source.latent
+    assert record is not None and latent is not None
+    if record.checkpoint_step is None or record.schedule is None or record.total_steps is None:
+        raise IncompatibleLatent(record.id, "checkpoint fields", "step, schedule and steps", "missing")
+    states = source.extras.get(GENERATOR_STATES_KEY)
+    if states is None:
+        raise IncompatibleLatent(record.id, "checkpoint generator states", GENERATOR_STATES_KEY, "missing")
+    sample_seed = record.seeds[source.sample_index]
+    momentum = source.extras.get(MOMENTUM_KEY)
+    return LoopState(
+        step=record.checkpoint_step,
+        x_t=latent.expand(batch, -1, -1).contiguous(),
+        t=record.noise_level,
+        schedule=list(record.schedule),
+        variant=record.backend.variant,
+        steps=record.total_steps,
+        shift=record.shift,
+        momentum=None if momentum is None else momentum.to(torch.float32).expand(batch, -1, -1).contiguous(),
+        generator_states=[states[0].contiguous()] * batch,
+        seeds=[sample_seed] * batch,
+        scheduler=record.scheduler if record.scheduler is not None else "",
+    )
+
+
+def _store_checkpoint(
+    store: LatentStore, state: LoopState, parents: list[str], common: dict[str, Any]
+) -> CheckpointRef:
+    extras = {GENERATOR_STATES_KEY: torch.stack([s.cpu() for s in state.generator_states])}
+    if state.momentum is not None:
+        extras[MOMENTUM_KEY] = state.momentum.detach().cpu().contiguous()
+    latent_id = store.put(
+        state.x_t.detach().cpu().contiguous(),
+        extras=extras,
+        parent_ids=parents,
+        is_checkpoint=True,
+        checkpoint_step=state.step,
+        noise_level=state.t,
+        **common,
+    )
+    return CheckpointRef(step=state.step, latent_id=latent_id, t=state.t)
+
+
+def _params_snapshot(params: StageParams, base_seed: int, source_id: str | None) -> StageParams:
+    """The effective params a latent records: the drawn seed, and a pipeline-relative ``src_stage``
+    replaced by the latent it resolved to, so the record replays outside its pipeline."""
+    update: dict[str, Any] = {"seed": base_seed}
+    if params.src_stage is not None and params.src_latent_id is None:
+        update.update(src_stage=None, src_latent_id=source_id)
+    return StageParams.model_validate({**params.model_dump(), **update})

@@ -1,0 +1,103 @@
+"""What a person sees in the Prefect UI: a table per stage, a live progress bar per diffusion, and a
+markdown summary per flow with the lineage chain, what changed at each hop, and where the audio is.
+
+Builders (``stage_rows``, ``lineage_markdown``) are plain functions so they can be tested on their
+output; the ``publish_*`` functions only hand that output to Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from stages.engine.loop import StepInfo
+from stages.params import StageParams
+from stages.results import StageResult
+
+def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
+    """One row per sample: the fields the issue asks for, flattened for the UI's table view."""
+    rows = []
+    for result in results:
+        rows.append(
+            {
+                "stage": result.params.stage_type,
+                "latent_id": result.latent_id,
+                "sample": result.sample_index,
+                "seed": result.seed,
+                "steps": f"{result.start_step}..{result.total_steps}",
+                "t_start": round(result.t_start, 4),
+                "checkpoints": ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) or "-",
+                "diffusion_s": round(result.timings.get("diffusion", 0.0), 3),
+                "total_s": round(sum(result.timings.values()), 3),
+                "backend": f"{result.backend.name}/{result.backend.variant}",
+                "audio": result.audio_path or "-",
+            }
+        )
+    return rows
+
+
+def changed_params(before: StageParams | None, after: StageParams) -> dict[str, Any]:
+    """The params that differ from the previous hop (all non-default ones for the first)."""
+    reference = StageParams.model_validate({"stage_type": "generate"}) if before is None else before
+    old, new = reference.model_dump(mode="json"), after.model_dump(mode="json")
+    skip = {"src_latent_id", "src_stage", "src_audio_id"}
+    return {name: value for name, value in new.items() if name not in skip and old.get(name) != value}
+
+
+def lineage_markdown(title: str, hops: Sequence[Sequence[StageResult]], audio_dir: str | None) -> str:
+    """The flow summary: one line per hop, the latent chain, the changed params, the audio files."""
+    lines = [f"# {title}", "", "| # | stage | latent | from | seed | changed params | audio |", "|---|---|---|---|---|---|---|"]
+    previous: StageParams | None = None
+    for index, results in enumerate(hops):
+        first = results[0]
+        params = first.params
+        source = params.src_latent_id if params.src_latent_id is not None else params.src_audio_id
+        changes = ", ".join(f"{k}={v}" for k, v in changed_params(previous, params).items()) or "-"
+        audio = "<br>".join(r.audio_path for r in results if r.audio_path is not None) or "-"
+        seeds = ", ".join(str(r.seed) for r in results)
+        lines.append(
+            f"| {index} | {params.stage_type} | `{first.latent_id}` | {f'`{source}`' if source else 'noise'} "
+            f"| {seeds} | {changes} | {audio} |"
+        )
+        previous = params
+    chain = " → ".join(f"`{results[0].latent_id}`" for results in hops)
+    lines += ["", f"**Lineage:** {chain}"]
+    if audio_dir is not None:
+        lines += ["", f"**Audio files:** `{audio_dir}`"]
+    return "\n".join(lines)
+
+
+def publish_stage_table(results: Sequence[StageResult]) -> None:
+    stage = results[0].params.stage_type
+    create_table_artifact(
+        table=stage_rows(results),
+        description=f"{stage} stage: latents, seeds, steps, checkpoints and timings",
+    )
+
+
+def publish_summary(title: str, hops: Sequence[Sequence[StageResult]], audio_dir: str | None, key: str) -> None:
+    create_markdown_artifact(markdown=lineage_markdown(title, hops, audio_dir), key=key, description=title)
+
+
+class DiffusionProgress:
+    """A progress artifact that follows the diffusion steps of one stage run."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.artifact_id: UUID | None = None
+
+    def __call__(self, info: StepInfo) -> None:
+        percent = 100.0 * (info.step + 1) / info.total_steps
+        text = f"{self.description}: step {info.step + 1}/{info.total_steps} (t={info.t:.3f})"
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(progress=percent, description=text)
+        else:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=percent, description=text)

@@ -1,0 +1,75 @@
+"""The latent store as a Prefect block, so a deployment names its store by block document.
+
+This module is what the ``prefect.collections`` entry point imports: the server registers the block
+type without a ``prefect block register`` call. It stays light (no torch at import) because Prefect
+imports every collection on startup.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from prefect.blocks.core import Block
+
+if TYPE_CHECKING:
+    from stages.store import LatentStore
+
+LATENT_DIR_ENV = "ACE_LATENT_DIR"
+LATENT_TTL_ENV = "ACE_LATENT_TTL_HOURS"
+DEFAULT_LATENT_DIR = Path("~/.prefect-acestep/latents")
+DEFAULT_TTL_HOURS = 24.0
+
+
+class AceLatentStore(Block):
+    """Where stage latents live: a directory with safetensors files, an index, TTL and pins.
+
+    Every flow takes the name of a saved block of this type; with none, the local default store
+    from ``ACE_LATENT_DIR`` / ``ACE_LATENT_TTL_HOURS`` is used.
+    """
+
+    _block_type_name: ClassVar[str] = "ACE Latent Store"
+    _block_type_slug: ClassVar[str] = "ace-latent-store"
+    _description: ClassVar[str] = (
+        "Persisted ACE-Step latents with provenance, TTL and pins, shared by the stage tasks."
+    )
+    _documentation_url: ClassVar[str] = "https://github.com/prefect-acestep/prefect-acestep#latent-store"
+
+    root: str = Field(
+        default=str(DEFAULT_LATENT_DIR),
+        title="Root",
+        description="Directory that holds the latents (created if missing).",
+    )
+    ttl_hours: float = Field(
+        default=DEFAULT_TTL_HOURS,
+        gt=0,
+        title="TTL (hours)",
+        description="Unpinned latents expire this many hours after creation.",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        title="Byte budget",
+        description="Optional size budget; gc evicts expired, then checkpoints, then finals (LRU) to fit.",
+    )
+
+    @classmethod
+    def from_env(cls) -> "AceLatentStore":
+        """The local default store: ``ACE_LATENT_DIR`` (default ``~/.prefect-acestep/latents``) and
+        ``ACE_LATENT_TTL_HOURS`` (default 24)."""
+        root = os.environ.get(LATENT_DIR_ENV, str(DEFAULT_LATENT_DIR))
+        ttl = float(os.environ.get(LATENT_TTL_ENV, DEFAULT_TTL_HOURS))
+        return cls(root=root, ttl_hours=ttl)
+
+    @classmethod
+    def resolve(cls, name: str | None) -> "AceLatentStore":
+        """The saved block ``name``, or the environment's default store when ``name`` is None."""
+        return cls.from_env() if name is None else cls.load(name)
+
+    def get_store(self) -> "LatentStore":
+        from stages.store import LatentStore
+
+        return LatentStore(Path(self.root).expanduser(), ttl_hours=self.ttl_hours, max_bytes=self.max_bytes)

@@ -1,0 +1,86 @@
+"""The stage cache: keyed on content, and never answering with a latent that no longer resolves.
+
+Prefect's default ``INPUTS`` policy hashes pickled arguments; two requests that mean the same run
+would miss, and one that names a latent ID would hit after the latent changed. Our key is what
+determines the output: the stage type and canonical params (seed included, source fields replaced
+by the source's content digest), the backend identity (name, variant, latent space, weights) and a
+code version. A run with a random seed (-1) has nothing to reuse and is never cached.
+
+Design invariant 7 (a cache hit never returns a latent ID that no longer resolves): the key carries
+a generation suffix. If the record under generation g names a latent that is gone (deleted,
+expired, corrupt), the key moves to g + 1, which has no record, so the stage recomputes and
+commits there. Dead records are left to expire; no storage backend needs a delete for this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import version
+from itertools import count
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+from stages.errors import StageError
+from stages.params import StageParams
+from stages.runner import backend_for, source_latent_id
+from stages.store import LatentStore
+
+CODE_VERSION = f"prefect-acestep/{version('prefect-acestep')}/cache-v1"
+SOURCE_FIELDS = ("src_latent_id", "src_stage", "src_audio_id", "backend")
+"""Replaced in the key by the source's digest and the backend's full identity."""
+
+
+def content_key(params: StageParams, store: LatentStore, stage_latents: dict[int, str] | None) -> str | None:
+    """The content part of the key, or None when the run must not be cached."""
+    if params.seed == -1:
+        return None
+    source_id = source_latent_id(params, stage_latents)
+    source_digest = None if source_id is None else store.record(source_id).digest
+    payload = {
+        "code": CODE_VERSION,
+        "params": params.model_dump(mode="json", exclude=set(SOURCE_FIELDS)),
+        "source": source_digest,
+        "backend": backend_for(params).identity.model_dump(mode="json"),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def all_latents_resolve(results: Any, store: LatentStore) -> bool:
+    """True when every latent a cached result names still resolves in the store."""
+    ids: set[str] = set()
+    for result in results if isinstance(results, list) else [results]:
+        ids.add(result.latent_id)
+        ids.update(checkpoint.latent_id for checkpoint in result.checkpoints)
+    return all(store.exists(latent_id) for latent_id in ids)
+
+
+class StageCachePolicy(CachePolicy):
+    """Cache policy of the stage tasks (see the module docstring)."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        params: StageParams = inputs["params"]
+        store = inputs["store"].get_store()
+        try:
+            base = content_key(params, store, inputs.get("stage_latents"))
+        except StageError:
+            return None  # the source does not resolve: the run itself raises the typed error
+        if base is None:
+            return None
+        result_store = task_ctx.result_store
+        for generation in count():
+            key = f"stage-{base}-{generation}"
+            if not result_store.exists(key):
+                return key
+            if all_latents_resolve(result_store.read(key).result, store):
+                return key
+        raise AssertionError("unreachable")

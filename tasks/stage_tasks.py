@@ -1,0 +1,120 @@
+"""One Prefect task per stage type, all built by one factory around ``stages.runner.run_stage``.
+
+A task adds only orchestration: the content-keyed cache (``tasks.cache``) with its records and
+locks beside the latent store, retries for transient failures only, the optional GPU concurrency
+slot, a live progress artifact, a stage table artifact, and run names and tags that say what ran.
+Tasks take IDs and small pydantic models and return ``StageResult``s, never tensors.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+from prefect import Task, task
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.runtime import task_run as current_task_run
+from prefect.context import FlowRunContext, TaskRunContext
+
+from stages.params import StageKind, StageParams
+from stages.results import StageResult
+from stages.runner import Provenance, run_stage
+from tasks.artifacts import DiffusionProgress, publish_stage_table
+from tasks.blocks import AceLatentStore
+from tasks.cache import StageCachePolicy
+from tasks.concurrency import backend_slot, configured_limit
+from tasks.logbridge import install_loguru_bridge
+from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+
+CACHE_DIR = ".prefect-cache"
+"""Beside the latents: cache records (keys), their results and their locks."""
+
+install_loguru_bridge()
+
+
+def _run_name() -> str:
+    parameters = current_task_run.parameters
+    params: StageParams = parameters["params"]
+    index = parameters.get("stage_index")
+    where = "" if index is None else f"[{index}]"
+    seed = "random" if params.seed == -1 else str(params.seed)
+    return f"{params.stage_type}{where} seed={seed}"
+
+
+def _current_run_ids() -> tuple[str | None, str | None]:
+    flow_ctx, task_ctx = FlowRunContext.get(), TaskRunContext.get()
+    flow_run_id = str(flow_ctx.flow_run.id) if flow_ctx is not None and flow_ctx.flow_run is not None else None
+    task_run_id = str(task_ctx.task_run.id) if task_ctx is not None else None
+    return flow_run_id, task_run_id
+
+
+def _run_stage_task(
+    params: StageParams,
+    store: AceLatentStore,
+    stage_latents: dict[int, str] | None = None,
+    stage_index: int | None = None,
+    pipeline_id: str | None = None,
+    lm_metadata: dict[str, Any] | None = None,
+) -> list[StageResult]:
+    flow_run_id, task_run_id = _current_run_ids()
+    provenance = Provenance(
+        pipeline_id=pipeline_id, stage_index=stage_index, flow_run_id=flow_run_id, task_run_id=task_run_id
+    )
+    progress = DiffusionProgress(f"{params.stage_type} diffusion")
+    with backend_slot(configured_limit()):
+        results = run_stage(
+            params,
+            store.get_store(),
+            stage_latents=stage_latents,
+            provenance=provenance,
+            lm_metadata=lm_metadata,
+            on_step=progress,
+        )
+    publish_stage_table(results)
+    return results
+
+
+def _stage_task(stage_type: str) -> Task[..., list[StageResult]]:
+    return task(
+        _run_stage_task,
+        name=stage_type,
+        task_run_name=_run_name,
+        description=f"Run one {stage_type} stage and store its latents.",
+        tags=["acestep", f"stage:{stage_type}"],
+        cache_policy=StageCachePolicy(),
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAYS,
+        retry_jitter_factor=RETRY_JITTER,
+        retry_condition_fn=retry_if_transient,
+        persist_result=True,
+        result_serializer="json",
+    )
+
+
+STAGE_TASKS: dict[str, Task[..., list[StageResult]]] = {kind: _stage_task(kind) for kind in get_args(StageKind)}
+generate_task = STAGE_TASKS["generate"]
+refine_task = STAGE_TASKS["refine"]
+cover_task = STAGE_TASKS["cover"]
+repaint_task = STAGE_TASKS["repaint"]
+extract_task = STAGE_TASKS["extract"]
+lego_task = STAGE_TASKS["lego"]
+complete_task = STAGE_TASKS["complete"]
+
+
+def stage_task_for(params: StageParams, store: AceLatentStore) -> Task[..., list[StageResult]]:
+    """The task for ``params``' stage type, configured for ``store``: cache records, results and
+    locks live beside the latents (so every worker sharing the store shares the cache), cache
+    lifetime follows the store's TTL, and tags carry backend and variant."""
+    cache_root = Path(store.root).expanduser() / CACHE_DIR
+    policy = StageCachePolicy().configure(
+        key_storage=cache_root / "keys",
+        lock_manager=FileSystemLockManager(lock_files_directory=cache_root / "locks"),
+        isolation_level="SERIALIZABLE",
+    )
+    return STAGE_TASKS[params.stage_type].with_options(
+        cache_policy=policy,
+        cache_expiration=timedelta(hours=store.ttl_hours),
+        result_storage=cache_root / "results",
+        tags=["acestep", f"stage:{params.stage_type}", f"backend:{params.backend}", f"variant:{params.variant}"],
+    )

@@ -1,0 +1,79 @@
+"""Tasks around the store: decode to audio files, import audio, pin/unpin, gc.
+
+Decode and import retry transient failures like the stage tasks (a flaky disk or URL); pin, unpin
+and gc are quick metadata changes that either work or name the latent that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from stages.backends.registry import load_backend
+from stages.decode import decode_latent
+from stages.importing import import_audio_latent
+from stages.store import GcReport
+from tasks.blocks import AceLatentStore
+from tasks.concurrency import backend_slot, configured_limit
+from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+
+_retrying = dict(
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_if_transient,
+)
+
+
+@task(name="decode", task_run_name="decode {latent_id}", tags=["acestep", "decode"], **_retrying)
+def decode_task(
+    latent_id: str,
+    store: AceLatentStore,
+    out_dir: str,
+    sample_indices: list[int] | None = None,
+    stem: str | None = None,
+) -> list[str]:
+    """Decode a stored latent's samples to WAV files in ``out_dir``; returns their paths."""
+    with backend_slot(configured_limit()):
+        paths = decode_latent(store.get_store(), latent_id, out_dir, sample_indices=sample_indices, stem=stem)
+    return [str(path) for path in paths]
+
+
+@task(name="import-audio", task_run_name="import {source}", tags=["acestep", "import"], **_retrying)
+def import_audio_task(
+    source: str, store: AceLatentStore, backend: str = "embedded", variant: str = "turbo", pin: bool = False
+) -> str:
+    """Import audio from a local path or http(s) URL; returns the latent ID for ``src_audio_id``."""
+    model = load_backend(backend, variant=variant)
+    with backend_slot(configured_limit()):
+        return import_audio_latent(source, store.get_store(), model, pin=pin)
+
+
+@task(name="pin", task_run_name="pin {latent_id}", tags=["acestep"])
+def pin_task(latent_id: str, store: AceLatentStore) -> str:
+    store.get_store().pin(latent_id)
+    return latent_id
+
+
+@task(name="unpin", task_run_name="unpin {latent_id}", tags=["acestep"])
+def unpin_task(latent_id: str, store: AceLatentStore) -> str:
+    store.get_store().unpin(latent_id)
+    return latent_id
+
+
+@task(name="gc", tags=["acestep", "maintenance"])
+def gc_task(store: AceLatentStore) -> GcReport:
+    """Collect expired latents (and evict to the byte budget); publish what was removed."""
+    report = store.get_store().gc()
+    lines = [
+        f"# Latent store gc: {len(report.removed)} removed, {report.bytes_freed} bytes freed",
+        "",
+        f"Store: `{Path(store.root).expanduser()}`",
+    ]
+    if report.removed:
+        lines += ["", "| latent | reason |", "|---|---|"]
+        lines += [f"| `{item.id}` | {item.reason} |" for item in report.removed]
+    create_markdown_artifact(markdown="\n".join(lines), key="acestep-gc", description="Latent store gc report")
+    return report
