@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from importlib.metadata import entry_points
+from collections.abc import Callable
 from typing import Any
 
 from stages.backends.protocol import Backend
@@ -14,11 +15,30 @@ ENTRY_POINT_GROUP = "prefect_acestep.backends"
 DEFAULT_BACKEND = "embedded"
 
 _loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], Backend] = {}
+_registered: dict[str, Callable[..., Backend]] = {}
 _lock = threading.Lock()
 
 
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+    """Make ``factory`` available as backend ``name`` in this process, without packaging an entry
+    point (a notebook's experimental model, or a test's fault-injecting backend)."""
+    with _lock:
+        _registered[name] = factory
+        for key in [key for key in _loaded if key[0] == name]:
+            del _loaded[key]
+
+
 def available_backends() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} | set(_registered))
+
+
+def _factory(name: str) -> Callable[..., Backend]:
+    if name in _registered:
+        return _registered[name]
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not matches:
+        raise BackendNotFound(f"no backend named {name!r}; available: {available_backends()}")
+    return matches[0].load()
 
 
 def load_backend(name: str = DEFAULT_BACKEND, **options: Any) -> Backend:
@@ -26,8 +46,5 @@ def load_backend(name: str = DEFAULT_BACKEND, **options: Any) -> Backend:
     key = (name, tuple(sorted(options.items())))
     with _lock:
         if key not in _loaded:
-            matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-            if not matches:
-                raise BackendNotFound(f"no backend named {name!r}; available: {available_backends()}")
-            _loaded[key] = matches[0].load()(**options)
+            _loaded[key] = _factory(name)(**options)
         return _loaded[key]

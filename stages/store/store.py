@@ -1,0 +1,467 @@
+"""``LatentStore``: the facade the stages and tasks use. It composes the pieces of this package:
+IDs (``ids``), file format (``files``), file I/O (``fs``), lifecycle journal (``journal``), the
+SQLite index (``index``), recovery (``sync``), retention rules (``retention``) and bundles
+(``bundle``).
+
+Layout under ``root``::
+
+    latents/<id>.safetensors   tensor + extras + record (source of truth)
+    journal.jsonl              pins, unpins, removals (tombstones), revivals
+    index.sqlite3              cache of the two above, rebuilt when missing or unreadable
+    corrupt/                   unreadable latent files, moved aside for inspection
+    .lock                      store-wide lock for lifecycle changes
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+from pydantic import ValidationError
+
+from stages.errors import (
+    BundleError,
+    InvalidStageRequest,
+    LatentCorrupt,
+    LatentDeleted,
+    LatentExpired,
+    LatentNotFound,
+)
+from stages.records import LatentRecord
+from stages.store import files, journal, sync
+from stages.store.bundle import BundleItem, read_bundle, write_bundle
+from stages.store.files import LATENTS_DIR, latent_rel
+from stages.store.fs import LocalFileSystem
+from stages.store.ids import new_latent_id, validate_latent_id
+from stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
+from stages.store.journal import Event, RemovalReason
+from stages.store.lock import StoreLock
+from stages.store.models import GcReport, Lineage, RemovedLatent
+from stages.store.retention import expiry, is_expired, plan_gc
+
+INDEX_FILE = "index.sqlite3"
+LOCK_FILE = ".lock"
+TEMP_GRACE_S = 3600.0
+"""A temp file whose writer we cannot check (another host) is presumed abandoned after this long."""
+
+_STORE_FILLED = frozenset({"id", "digest", "shape", "dtype", "size_bytes", "created_at", "expires_at"})
+
+
+class LatentStore:
+    """Latents on a local directory with provenance, TTL, pins, lineage-aware gc and bundles.
+
+    Safe for several processes and threads at once. Every read of a latent verifies its digest; a
+    latent past its TTL is never returned, whether or not gc has collected it yet.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        ttl_hours: float = 24,
+        max_bytes: int | None = None,
+        *,
+        lock_timeout_s: float = 30.0,
+    ) -> None:
+        if not ttl_hours > 0:
+            raise InvalidStageRequest(f"ttl_hours must be > 0, got {ttl_hours}")
+        if max_bytes is not None and max_bytes < 0:
+            raise InvalidStageRequest(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        self.root = Path(root).expanduser()
+        self.ttl_hours = float(ttl_hours)
+        self.max_bytes = max_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fs = LocalFileSystem(self.root)
+        self._fs.makedirs(LATENTS_DIR)
+        self._lock = StoreLock(self.root / LOCK_FILE, lock_timeout_s)
+        with self._lock.held():
+            self._index = self._open_index()
+            self._catch_up()
+            sync.reconcile(self._fs, self._index)
+
+    def __repr__(self) -> str:
+        return f"LatentStore({str(self.root)!r}, ttl_hours={self.ttl_hours}, max_bytes={self.max_bytes})"
+
+    def __enter__(self) -> LatentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._index.close()
+
+    # --- opening and recovery -----------------------------------------------------------------
+
+    def _open_index(self) -> Index:
+        """The index, rebuilt from the files when it is missing, unreadable or never finished."""
+        path = self.root / INDEX_FILE
+        try:
+            index = Index(path)
+        except IndexUnreadable as exc:
+            logger.warning("latent store {}: index unreadable ({}); rebuilding it from the files", self.root, exc)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            index = Index(path)
+        if not index.is_built():
+            sync.rebuild(self._fs, index)
+        return index
+
+    def rebuild_index(self) -> None:
+        """Recreate the index from the latent files and the journal alone (in place, atomically)."""
+        with self._lock.held():
+            sync.rebuild(self._fs, self._index)
+
+    def _catch_up(self) -> None:
+        """Apply journal events the index lacks (another process may have crashed between its
+        journal append and its index commit); rebuild if the two no longer fit together."""
+        try:
+            sync.catch_up_journal(self._fs, self._index)
+        except IndexUnreadable as exc:
+            logger.warning("latent store {}: {}; rebuilding the index from the files", self.root, exc)
+            sync.rebuild(self._fs, self._index)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store lock with the index caught up on the journal."""
+        with self._lock.held():
+            self._catch_up()
+            yield
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def put(self, tensor: torch.Tensor, *, extras: dict[str, torch.Tensor] | None = None, **fields: Any) -> str:
+        """Store ``tensor`` (and named ``extras``, covered by their own digest) with the given
+        ``LatentRecord`` fields; return the new latent ID. The file is complete on disk before the
+        ID is returned."""
+        filled = sorted(_STORE_FILLED & fields.keys())
+        if filled:
+            raise InvalidStageRequest(f"put() sets {', '.join(filled)} itself; do not pass them")
+        tensor = _plain_tensor(tensor, "tensor")
+        extras = _plain_extras(extras, tensor)
+        if "batch_size" not in fields and tensor.dim() >= 1:
+            fields["batch_size"] = tensor.shape[0]
+        now = datetime.now(UTC)
+        try:
+            record = LatentRecord.model_validate(
+                {
+                    **fields,
+                    "id": new_latent_id(),
+                    "shape": list(tensor.shape),
+                    "dtype": files.dtype_name(tensor),
+                    "created_at": now,
+                }
+            )
+        except ValidationError as exc:
+            raise InvalidStageRequest(f"invalid latent record fields: {exc}") from exc
+        if tensor.dim() >= 1 and record.batch_size != tensor.shape[0]:
+            raise InvalidStageRequest(
+                f"batch_size {record.batch_size} does not match the tensor's first dimension {tensor.shape[0]}"
+            )
+        for parent in record.parent_ids:
+            validate_latent_id(parent)
+        record = record.model_copy(update={"expires_at": expiry(now, record.ttl_hours, self.ttl_hours)})
+        digests = _digest_thread().submit(lambda: (files.tensor_digest(tensor), files.extras_digest(extras)))
+        digest, size = self._write(record, tensor, extras, digests)
+        record = record.model_copy(update={"digest": digest, "size_bytes": size})
+        self._index.insert_now(record, record.pinned, to_epoch(now))
+        return record.id
+
+    def _write(
+        self,
+        record: LatentRecord,
+        tensor: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+        digests: Future[tuple[str, str]],
+    ) -> tuple[str, int]:
+        """Write the latent file atomically while its digests are computed; return the main
+        tensor's digest and the file's size."""
+        size = self._fs.write_atomic(
+            latent_rel(record.id), lambda path: files.write_latent(path, record, tensor, extras, digests.result)
+        )
+        return digests.result()[0], size
+
+    def pin(self, latent_id: str) -> None:
+        """Keep ``latent_id`` and its ancestors through every gc until ``unpin``."""
+        self._set_pinned(latent_id, True)
+
+    def unpin(self, latent_id: str) -> None:
+        """Let ``latent_id`` expire again by its TTL (immediately, if that has passed)."""
+        self._set_pinned(latent_id, False)
+
+    def _set_pinned(self, latent_id: str, pinned: bool) -> None:
+        with self._locked():
+            row = self._resolve(latent_id)
+            if row.pinned == pinned:
+                return
+            end = journal.append(self._fs, [Event("pin" if pinned else "unpin", latent_id, time.time())])
+            with self._index.transaction() as db:
+                Index.set_pinned(db, latent_id, pinned)
+                Index.set_journal_offset(db, end)
+
+    def delete(self, latent_id: str) -> None:
+        """Remove ``latent_id`` now, pinned or not, leaving a tombstone so later reads raise
+        ``LatentDeleted``. Deleting a latent that is already gone raises why it is gone."""
+        with self._locked():
+            validate_latent_id(latent_id)
+            if self._index.row(latent_id) is None:
+                self._resolve(latent_id)  # raises NotFound / Deleted / Expired / Corrupt
+            self._remove([(latent_id, "deleted", time.time())])
+
+    def _remove(self, removals: list[tuple[str, RemovalReason, float]]) -> int:
+        """Journal, then index, then files: a crash at any point leaves a state that the next
+        ``catch_up_journal`` or ``reconcile`` completes. Returns the bytes freed."""
+        if not removals:
+            return 0
+        end = journal.append(self._fs, [Event("remove", i, at, reason) for i, reason, at in removals])
+        with self._index.transaction() as db:
+            Index.remove(db, removals)
+            Index.set_journal_offset(db, end)
+        return sum(self._fs.remove(latent_rel(latent_id)) for latent_id, _, _ in removals)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def _resolve(self, latent_id: str) -> Row:
+        """The live row of ``latent_id``, or the typed error saying why there is none."""
+        validate_latent_id(latent_id)
+        row = self._index.row(latent_id)
+        if row is None:
+            tombstone = self._index.tombstone(latent_id)
+            if tombstone is None:
+                raise LatentNotFound(latent_id)
+            reason, at = tombstone
+            if reason == "expired":
+                raise LatentExpired(latent_id, from_epoch(at))
+            if reason == "lost":
+                raise LatentCorrupt(
+                    latent_id, f"its file vanished from the store (noticed {from_epoch(at).isoformat()})"
+                )
+            if reason == "corrupt":
+                raise LatentCorrupt(latent_id, f"its file was unreadable and was moved to {self.root / 'corrupt'}")
+            raise LatentDeleted(latent_id, from_epoch(at), reason)
+        if is_expired(row, time.time(), self._index.has_pinned_descendant):
+            raise LatentExpired(latent_id, from_epoch(row.expires_at))
+        return row
+
+    def _read(self, latent_id: str) -> tuple[Row, files.DecodedLatent]:
+        row = self._resolve(latent_id)
+        try:
+            data = self._fs.read(latent_rel(latent_id))
+        except FileNotFoundError:
+            self._resolve(latent_id)  # deleted or collected by another process meanwhile
+            raise LatentCorrupt(latent_id, "its file is missing from the store") from None
+        decoded = files.decode(data, latent_id)
+        if decoded.record.digest != row.digest:
+            raise LatentCorrupt(latent_id, f"file digest {decoded.record.digest} differs from the index's {row.digest}")
+        self._index.touch(latent_id, time.time())
+        return row, decoded
+
+    def get(self, latent_id: str) -> torch.Tensor:
+        """The stored tensor, digest-verified (``LatentCorrupt`` on any mismatch)."""
+        return self._read(latent_id)[1].tensor
+
+    def get_extras(self, latent_id: str) -> dict[str, torch.Tensor]:
+        """The extra tensors stored with ``latent_id`` (empty if none), digest-verified."""
+        return files.verify_extras(self._read(latent_id)[1], latent_id)
+
+    def record(self, latent_id: str) -> LatentRecord:
+        """The latent's record as it stands now (current pin; no expiry while pinned)."""
+        return self._resolve(latent_id).record()
+
+    def exists(self, latent_id: str) -> bool:
+        """Whether ``latent_id`` resolves to a live latent. Invalid IDs still raise ``InvalidLatentId``."""
+        try:
+            self._resolve(latent_id)
+        except (LatentNotFound, LatentExpired, LatentDeleted, LatentCorrupt):
+            return False
+        return True
+
+    def list(
+        self,
+        *,
+        pipeline_id: str | None = None,
+        flow_run_id: str | None = None,
+        stage_type: str | None = None,
+        variant: str | None = None,
+        pinned: bool | None = None,
+        is_checkpoint: bool | None = None,
+        parent: str | None = None,
+        limit: int | None = None,
+    ) -> list[LatentRecord]:
+        """Live records matching every given filter (None = any), newest first. ``variant`` is the
+        backend's model variant; ``parent`` keeps records made directly from that latent."""
+        if parent is not None:
+            validate_latent_id(parent)
+        if limit is not None and limit < 0:
+            raise InvalidStageRequest(f"limit must be >= 0, got {limit}")
+        rows = self._index.list(
+            now=time.time(),
+            pipeline_id=pipeline_id,
+            flow_run_id=flow_run_id,
+            stage_type=stage_type,
+            variant=variant,
+            pinned=pinned,
+            is_checkpoint=is_checkpoint,
+            parent=parent,
+            limit=limit,
+        )
+        return [row.record() for row in rows]
+
+    def lineage(self, latent_id: str) -> Lineage:
+        """Ancestors (what it was made from) and descendants (what was made from it). Ancestors that
+        no longer resolve are listed by ID in ``missing_ancestors``."""
+        self._resolve(latent_id)
+        now = time.time()
+        up = [i for i, _ in self._index.ancestors(latent_id)]
+        down = [i for i, _ in self._index.descendants(latent_id)]
+        rows = self._index.rows(up + down)
+        live = {i: row for i, row in rows.items() if not is_expired(row, now, self._index.has_pinned_descendant)}
+        return Lineage(
+            id=latent_id,
+            ancestors=[live[i].record() for i in up if i in live],
+            missing_ancestors=[i for i in up if i not in live],
+            descendants=[live[i].record() for i in down if i in live],
+        )
+
+    # --- retention ------------------------------------------------------------------------------
+
+    def gc(self, now: datetime | None = None) -> GcReport:
+        """Remove expired latents (pins and their ancestors stay), then, over ``max_bytes``, evict
+        unpinned checkpoints and then finals, least recently used first; also remove leftover files
+        of crashed writers. ``now`` (timezone-aware) lets maintenance runs and tests pick the time."""
+        if now is not None and now.tzinfo is None:
+            raise InvalidStageRequest("gc(now=...) needs a timezone-aware datetime")
+        at = time.time() if now is None else now.timestamp()
+        with self._locked():
+            orphans, freed = sync.reconcile(self._fs, self._index)
+            for rel in self._fs.stale_temps(LATENTS_DIR, TEMP_GRACE_S):
+                freed += self._fs.remove_temp(rel)
+                orphans.append(rel)
+            removals, over_budget = plan_gc(
+                now=at,
+                expired=self._index.expired(at),
+                protected=self._index.protected_ids(),
+                eviction_order=self._index.eviction_order() if self.max_bytes is not None else [],
+                total_bytes=self._index.total_bytes(),
+                max_bytes=self.max_bytes,
+            )
+            freed += self._remove([(r.id, r.reason, r.at) for r in removals])
+            in_use = self._index.total_bytes()
+        return GcReport(
+            removed=[
+                RemovedLatent(id=r.id, reason=r.reason, at=from_epoch(r.at), size_bytes=r.size_bytes) for r in removals
+            ],
+            orphans_removed=orphans,
+            bytes_freed=freed,
+            bytes_in_use=in_use,
+            over_budget=over_budget,
+        )
+
+    # --- bundles --------------------------------------------------------------------------------
+
+    def export_bundle(self, ids: Iterable[str], path: str | Path) -> Path:
+        """Write the given latents (tensors, extras, records) to one bundle file; return its path.
+        Every ID must resolve and verify, or nothing is written."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            raise BundleError("export_bundle needs at least one latent ID")
+        items = []
+        for latent_id in wanted:
+            row, decoded = self._read(latent_id)
+            items.append(BundleItem(row.record(), decoded.tensor, files.verify_extras(decoded, latent_id)))
+        return write_bundle(Path(path), items)
+
+    def import_bundle(self, path: str | Path) -> list[str]:
+        """Add the bundle's latents to this store (IDs kept; TTL restarts now) and return their IDs.
+
+        The whole bundle is verified first, and a latent already here with different content is a
+        conflict: in both cases ``BundleError`` is raised and nothing is written. A latent this
+        store had deleted or let expire is brought back; a latent pinned here stays pinned.
+        """
+        items = read_bundle(Path(path))
+        with self._locked():
+            existing = self._index.rows([item.record.id for item in items])
+            for item in items:
+                here = existing.get(item.record.id)
+                if here is not None and here.digest != item.record.digest:
+                    raise BundleError(
+                        f"bundle {path} refused: latent {item.record.id} exists here with different content"
+                    )
+            # A revival resets the journal's view of each ID to its (re)written file, so a rebuild
+            # agrees with the index about tombstones and pins of imported latents.
+            end = journal.append(self._fs, [Event("revive", item.record.id, time.time()) for item in items])
+            with self._index.transaction() as db:
+                for item in items:
+                    Index.revive(db, item.record.id)
+                Index.set_journal_offset(db, end)
+            now = datetime.now(UTC)
+            for item in items:
+                here = existing.get(item.record.id)
+                self._write_imported(item, now, keep_pin=here is not None and here.pinned)
+        return [item.record.id for item in items]
+
+    def _write_imported(self, item: BundleItem, now: datetime, keep_pin: bool) -> None:
+        """Write one verified bundle latent; an import never unpins a latent pinned here."""
+        record = item.record.model_copy(
+            update={
+                "expires_at": expiry(now, item.record.ttl_hours, self.ttl_hours),
+                "pinned": item.record.pinned or keep_pin,
+            }
+        )
+        known: Future[tuple[str, str]] = Future()
+        known.set_result((record.digest, files.extras_digest(item.extras)))
+        _, size = self._write(record, item.tensor, item.extras, known)
+        record = record.model_copy(update={"size_bytes": size})
+        self._index.insert_now(record, record.pinned, to_epoch(now))
+
+
+_digest_pool: tuple[int, ThreadPoolExecutor] | None = None
+_digest_pool_lock = threading.Lock()
+
+
+def _digest_thread() -> ThreadPoolExecutor:
+    """This process's digest thread (hashlib releases the GIL, so hashing overlaps the write). Made
+    again after a fork, because a forked child inherits the executor but not its thread."""
+    global _digest_pool
+    with _digest_pool_lock:
+        if _digest_pool is None or _digest_pool[0] != os.getpid():
+            _digest_pool = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-digest"))
+        return _digest_pool[1]
+
+
+def _plain_tensor(value: object, what: str) -> torch.Tensor:
+    """A dense, contiguous CPU tensor with no autograd history: the form safetensors can store."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise InvalidStageRequest(f"{what} must be a dense tensor, got layout {value.layout}")
+    return value.detach().cpu().contiguous()
+
+
+def _plain_extras(extras: dict[str, torch.Tensor] | None, main: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Extras as storable tensors; ones sharing memory with the main tensor or each other are copied
+    (safetensors refuses to write shared storage)."""
+    if extras is None:
+        return {}
+    if not isinstance(extras, dict):
+        raise TypeError(f"extras must be a dict of name -> tensor, got {type(extras).__name__}")
+    plain: dict[str, torch.Tensor] = {}
+    seen = {main.untyped_storage().data_ptr()}
+    for name, value in extras.items():
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise InvalidStageRequest(f"extra tensor name {name!r} must be a non-empty string without NUL")
+        tensor = _plain_tensor(value, f"extras[{name!r}]")
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen and tensor.numel():
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        plain[name] = tensor
+    return plain

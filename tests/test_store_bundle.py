@@ -1,0 +1,250 @@
+"""Bundles: export several latents to one file, import them elsewhere; a corrupt, foreign or
+conflicting bundle is refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from stages.backends.identity import BackendIdentity
+from stages.errors import BundleError, LatentDeleted, LatentExpired, LatentNotFound
+from stages.store import LatentStore
+from stages.store.files import split_header, tensor_digest
+
+TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> LatentStore:
+    return LatentStore(tmp_path / "source")
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> LatentStore:
+    return LatentStore(tmp_path / "target", ttl_hours=2)
+
+
+def chain(store: LatentStore) -> list[str]:
+    a = store.put(torch.randn(2, 8, 64), stage_type="generate", backend=TURBO, seeds=[1, 2], pipeline_id="p")
+    b = store.put(
+        torch.randn(1, 8, 64).to(torch.bfloat16),
+        stage_type="refine",
+        backend=TURBO,
+        parent_ids=[a],
+        is_checkpoint=True,
+        checkpoint_step=2,
+        total_steps=4,
+        schedule=[1.0, 0.75, 0.5, 0.25, 0.0],
+        extras={"momentum": torch.randn(1, 8, 64), "rng": torch.Generator().manual_seed(5).get_state()},
+        pinned=True,
+    )
+    return [a, b]
+
+
+def store_state(store: LatentStore) -> tuple[list[str], list[str]]:
+    """Files on disk and the journal: what 'nothing written' is checked against."""
+    files = sorted(os.listdir(store.root / "latents"))
+    journal = store.root / "journal.jsonl"
+    return files, journal.read_text().splitlines() if journal.exists() else []
+
+
+def rewrite_bundle(path: Path, edit) -> None:
+    """Rewrite a bundle's tensors and metadata through ``edit(tensors, metadata)``."""
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    edit(tensors, metadata)
+    save_file(tensors, path, metadata)
+
+
+def test_roundtrip_keeps_tensors_extras_records_and_lineage(
+    source: LatentStore, target: LatentStore, tmp_path: Path
+) -> None:
+    ids = chain(source)
+    path = source.export_bundle(ids, tmp_path / "out" / "two.bundle")
+    assert path == (tmp_path / "out" / "two.bundle").resolve() and path.exists()
+    before = datetime.now(UTC)
+    assert target.import_bundle(path) == ids
+    for latent_id in ids:
+        assert torch.equal(target.get(latent_id), source.get(latent_id))
+        mine, theirs = target.record(latent_id), source.record(latent_id)
+        assert mine.model_dump(exclude={"expires_at"}) == theirs.model_dump(exclude={"expires_at"})
+    extras = target.get_extras(ids[1])
+    assert set(extras) == {"momentum", "rng"}
+    assert all(torch.equal(extras[k], v) for k, v in source.get_extras(ids[1]).items())
+    imported_a = target.record(ids[0])
+    assert imported_a.expires_at >= before + timedelta(hours=2)  # TTL restarts with the target's 2 h
+    assert target.record(ids[1]).pinned
+    assert [r.id for r in target.lineage(ids[1]).ancestors] == [ids[0]]
+
+
+def test_import_is_idempotent_and_revives_deleted_or_expired(source: LatentStore, tmp_path: Path) -> None:
+    ids = chain(source)
+    originals = {latent_id: source.get(latent_id) for latent_id in ids}
+    path = source.export_bundle(ids, tmp_path / "b.bundle")
+    assert source.import_bundle(path) == ids  # same content already here: fine
+    source.delete(ids[0])
+    source.unpin(ids[1])
+    source.gc(now=datetime.now(UTC) + timedelta(days=2))
+    with pytest.raises(LatentDeleted):
+        source.get(ids[0])
+    with pytest.raises(LatentExpired):
+        source.get(ids[1])
+    assert source.import_bundle(path) == ids
+    assert all(torch.equal(source.get(latent_id), originals[latent_id]) for latent_id in ids)
+    assert source.record(ids[1]).pinned  # the bundle carried the pin
+    source.close()
+    (source.root / "index.sqlite3").unlink()
+    rebuilt = LatentStore(source.root)  # the revival survives an index rebuild from files + journal
+    assert sorted(r.id for r in rebuilt.list()) == sorted(ids) and rebuilt.record(ids[1]).pinned
+
+
+def test_export_needs_resolvable_ids_and_writes_nothing_otherwise(source: LatentStore, tmp_path: Path) -> None:
+    ids = chain(source)
+    with pytest.raises(LatentNotFound):
+        source.export_bundle([ids[0], "nope"], tmp_path / "x.bundle")
+    with pytest.raises(BundleError, match="at least one"):
+        source.export_bundle([], tmp_path / "x.bundle")
+    assert not (tmp_path / "x.bundle").exists() and os.listdir(tmp_path) == ["source"]
+
+
+def _flip_tensor_byte(tensors: dict, metadata: dict) -> None:
+    tensors["0"] = tensors["0"].clone()
+    tensors["0"].view(-1)[3] += 1
+
+
+def _flip_extra_byte(tensors: dict, metadata: dict) -> None:
+    tensors["1.momentum"] = tensors["1.momentum"] + 1
+
+
+def _future_version(tensors: dict, metadata: dict) -> None:
+    metadata["format_version"] = "99"
+
+
+def _foreign_format(tensors: dict, metadata: dict) -> None:
+    metadata["format"] = "someone-else"
+
+
+def _traversal_id(tensors: dict, metadata: dict) -> None:
+    manifest = json.loads(metadata["manifest"])
+    manifest[0]["record"]["id"] = "../../etc/evil"
+    metadata["manifest"] = json.dumps(manifest)
+
+
+def _duplicate_entry(tensors: dict, metadata: dict) -> None:
+    manifest = json.loads(metadata["manifest"])
+    manifest[1] = {**manifest[0]}
+    tensors["1"] = tensors["0"].clone()
+    for name in [n for n in tensors if n.startswith("1.")]:
+        del tensors[name]
+    metadata["manifest"] = json.dumps(manifest)
+
+
+def _stray_tensor(tensors: dict, metadata: dict) -> None:
+    tensors["7"] = torch.zeros(1)
+
+
+def _missing_tensor(tensors: dict, metadata: dict) -> None:
+    del tensors["1.rng"]
+
+
+def _bad_record(tensors: dict, metadata: dict) -> None:
+    manifest = json.loads(metadata["manifest"])
+    manifest[0]["record"]["stage_type"] = "nonsense"
+    metadata["manifest"] = json.dumps(manifest)
+
+
+def _no_manifest(tensors: dict, metadata: dict) -> None:
+    del metadata["manifest"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_flip_tensor_byte, "digest mismatch"),
+        (_flip_extra_byte, "extras digest mismatch"),
+        (_future_version, "unknown format version '99'"),
+        (_foreign_format, "not a prefect-acestep-bundle"),
+        (_traversal_id, "malformed.*InvalidLatentId"),
+        (_duplicate_entry, "twice"),
+        (_stray_tensor, "do not match its manifest"),
+        (_missing_tensor, "malformed"),
+        (_bad_record, "(?s)malformed.*stage_type"),
+        (_no_manifest, "manifest"),
+    ],
+)
+def test_bad_bundle_is_refused_with_nothing_written(
+    source: LatentStore, target: LatentStore, tmp_path: Path, edit, reason: str
+) -> None:
+    path = source.export_bundle(chain(source), tmp_path / "b.bundle")
+    rewrite_bundle(path, edit)
+    target.put(torch.zeros(1, 2, 64), stage_type="generate")
+    before = store_state(target), [r.id for r in target.list()]
+    with pytest.raises(BundleError, match=reason):
+        target.import_bundle(path)
+    assert (store_state(target), [r.id for r in target.list()]) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "shorter than a safetensors header"),
+        (b"not a bundle at all, just text", "header length"),
+        (None, "unreadable"),
+    ],
+)
+def test_unreadable_bundle_is_refused(target: LatentStore, tmp_path: Path, content: bytes | None, reason: str) -> None:
+    path = tmp_path / "junk.bundle"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(BundleError, match=reason):
+        target.import_bundle(path)
+    assert store_state(target) == ([], [])
+
+
+def test_truncated_bundle_is_refused(source: LatentStore, target: LatentStore, tmp_path: Path) -> None:
+    path = source.export_bundle(chain(source), tmp_path / "b.bundle")
+    data = path.read_bytes()
+    _, data_start = split_header(data)
+    path.write_bytes(data[: data_start + 100])
+    with pytest.raises(BundleError, match="tensor data unreadable"):
+        target.import_bundle(path)
+    assert store_state(target) == ([], [])
+
+
+def test_id_clash_with_different_content_is_refused(source: LatentStore, target: LatentStore, tmp_path: Path) -> None:
+    ids = chain(source)
+    path = source.export_bundle(ids, tmp_path / "b.bundle")
+    target.import_bundle(path)
+    # same ID, different content, digests consistent: as if another store had made the same ID
+    rewrite_bundle(path, _flip_tensor_byte)
+    rewrite_bundle(path, _redigest)
+    before = store_state(target)
+    with pytest.raises(BundleError, match=f"{ids[0]} exists here with different content"):
+        target.import_bundle(path)
+    assert store_state(target) == before
+    assert torch.equal(target.get(ids[0]), source.get(ids[0]))
+
+
+def _redigest(tensors: dict, metadata: dict) -> None:
+    manifest = json.loads(metadata["manifest"])
+    manifest[0]["record"]["digest"] = tensor_digest(tensors["0"])
+    metadata["manifest"] = json.dumps(manifest)
+
+
+def test_import_never_unpins_and_agrees_with_a_rebuild(source: LatentStore, tmp_path: Path) -> None:
+    loose = source.put(torch.randn(1, 4, 64), stage_type="generate")
+    path = source.export_bundle([loose], tmp_path / "b.bundle")  # exported unpinned
+    source.pin(loose)
+    source.import_bundle(path)
+    assert source.record(loose).pinned
+    source.close()
+    (source.root / "index.sqlite3").unlink()
+    assert LatentStore(source.root).record(loose).pinned
