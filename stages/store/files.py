@@ -234,9 +234,40 @@ def verify_extras(decoded: DecodedLatent, latent_id: str) -> dict[str, torch.Ten
     return decoded.extras
 
 
-def read_record(fs: FileSystem, rel: str, latent_id: str) -> LatentRecord:
-    """The record embedded in a latent file, reading only its header (for index rebuilds)."""
-    head = fs.read_range(rel, 0, 65536)
+_HEAD_READ = 65536
+"""Bytes read to find a record: the header of a latent file is a few KB unless its record is huge."""
+
+
+def _record_from_head(fs: FileSystem, rel: str, latent_id: str, head: bytes, size: int) -> LatentRecord:
     if len(head) >= 8 and 8 + struct.unpack("<Q", head[:8])[0] > len(head):
         head = fs.read_range(rel, 0, 8 + min(struct.unpack("<Q", head[:8])[0], _MAX_HEADER))
-    return record_from_metadata(_latent_header(head, latent_id)[1], latent_id, fs.size(rel))
+    return record_from_metadata(_latent_header(head, latent_id)[1], latent_id, size)
+
+
+def read_record(fs: FileSystem, rel: str, latent_id: str) -> LatentRecord:
+    """The record embedded in a latent file, reading only its header."""
+    return _record_from_head(fs, rel, latent_id, fs.read_range(rel, 0, _HEAD_READ), fs.size(rel))
+
+
+def read_records(
+    fs: FileSystem, sizes: dict[str, int | None]
+) -> dict[str, LatentRecord | LatentCorrupt | FileNotFoundError]:
+    """The records of many latent files (ID -> size from a listing, None if it gave none), reading
+    only their headers, in batches the filesystem may fetch concurrently (index rebuilds and
+    refreshes from an object store). A file removed since the listing maps to
+    ``FileNotFoundError``, an unreadable one to ``LatentCorrupt``."""
+    ids = sorted(sizes)
+    heads = fs.read_heads([f"{LATENTS_DIR}/{i}{SUFFIX}" for i in ids], _HEAD_READ)
+    found: dict[str, LatentRecord | LatentCorrupt | FileNotFoundError] = {}
+    for latent_id, head in zip(ids, heads, strict=True):
+        if isinstance(head, FileNotFoundError):
+            found[latent_id] = head
+            continue
+        if isinstance(head, Exception):
+            raise head
+        rel, size = latent_rel(latent_id), sizes[latent_id]
+        try:
+            found[latent_id] = _record_from_head(fs, rel, latent_id, head, fs.size(rel) if size is None else size)
+        except (LatentCorrupt, FileNotFoundError) as exc:
+            found[latent_id] = exc
+    return found

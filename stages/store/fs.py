@@ -1,10 +1,10 @@
 """The only place the store touches the filesystem.
 
-Everything above this module speaks in paths relative to the store root and in bytes, so a remote
-filesystem (fsspec, a later issue) can be added by writing one more class with these methods. The
-local class gives the durability the store relies on: a write is either absent or complete under
-its final name (temp file next to it, fsync, rename, fsync of the directory), and an appended
-journal line is on disk before ``append_durable`` returns.
+Everything above this module speaks in paths relative to the store root and in bytes; the remote
+filesystem (``remote.FsspecFileSystem``) is one more class with these methods. The local class
+gives the durability the store relies on: a write is either absent or complete under its final
+name (temp file next to it, fsync, rename, fsync of the directory), and an appended journal line is
+on disk before ``append_durable`` returns.
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ _HOST = socket.gethostname().replace("~", "_")
 
 
 class FileSystem(Protocol):
-    """What the store needs from a filesystem (paths relative to the store root)."""
+    """What the store needs from a filesystem (paths relative to the store root).
 
+    ``can_append`` picks the journal's layout (``journal.py``): ``append_durable`` is called only
+    where it is true; where it is false the filesystem is an ``ObjectFileSystem``."""
+
+    can_append: bool
+
+    def makedirs(self, rel: str) -> None: ...
     def write_atomic(self, rel: str, produce: Callable[[Path], None]) -> int: ...
     def read(self, rel: str) -> bytearray: ...
     def read_range(self, rel: str, offset: int, length: int | None = None) -> bytes: ...
@@ -34,9 +40,18 @@ class FileSystem(Protocol):
     def remove_temp(self, rel: str) -> int: ...
     def move(self, src: str, dst: str) -> None: ...
     def list_dir(self, rel: str) -> list[str]: ...
+    def listing(self, rel: str) -> dict[str, int | None]: ...
+    def read_heads(self, rels: list[str], length: int) -> list[bytes | Exception]: ...
     def append_durable(self, rel: str, data: bytes) -> int: ...
     def stale_temps(self, rel_dir: str, grace_s: float) -> list[str]: ...
     def is_temp(self, name: str) -> bool: ...
+
+
+class ObjectFileSystem(FileSystem, Protocol):
+    """A filesystem without append, whose journal is one object per change."""
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool: ...
+    def read_many(self, rels: list[str]) -> list[bytes | Exception]: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,6 +74,8 @@ def _pid_alive(pid: int) -> bool:
 
 class LocalFileSystem:
     """A directory on a local (POSIX) filesystem."""
+
+    can_append = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -152,6 +169,20 @@ class LocalFileSystem:
                 return [entry.name for entry in entries]
         except FileNotFoundError:
             return []
+
+    def listing(self, rel: str) -> dict[str, int | None]:
+        """Names under ``rel``; no sizes (a local listing would need a stat per file for them)."""
+        return dict.fromkeys(self.list_dir(rel))
+
+    def read_heads(self, rels: list[str], length: int) -> list[bytes | Exception]:
+        """The first ``length`` bytes of each file, the exception in place of an unreadable one."""
+        out: list[bytes | Exception] = []
+        for rel in rels:
+            try:
+                out.append(self.read_range(rel, 0, length))
+            except OSError as exc:
+                out.append(exc)
+        return out
 
     def append_durable(self, rel: str, data: bytes) -> int:
         """Append one or more complete lines and fsync; return the file size afterwards.

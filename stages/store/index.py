@@ -21,7 +21,7 @@ from stages.errors import StoreBusy
 from stages.records import LatentRecord
 from stages.store.journal import RemovalReason
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 MAX_LINEAGE_DEPTH = 10_000
 """Bounds lineage walks, so a cycle smuggled in by a hand-made bundle cannot loop forever."""
@@ -52,7 +52,11 @@ CREATE TABLE IF NOT EXISTS parents (child TEXT NOT NULL, parent TEXT NOT NULL, P
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS parents_by_parent ON parents (parent, child);
 CREATE TABLE IF NOT EXISTS tombstones (id TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (id TEXT PRIMARY KEY, pinned INTEGER NOT NULL) WITHOUT ROWID;
 """
+# ``pins`` holds the journal's pin state per ID whether or not the ID has a row yet: on a remote
+# store, a host can apply another host's pin before it has seen the latent's file, and the row it
+# indexes later must carry that pin rather than the one embedded in the file.
 
 _COLUMNS = "id, record, pinned, expires_at, size_bytes, last_access, digest, is_checkpoint"
 
@@ -165,6 +169,12 @@ class Index:
         return int(rows[0][0]) if rows else 0
 
     @staticmethod
+    def journal_offset_in(db: sqlite3.Connection) -> int:
+        """The journal position, read inside a transaction (another process may have moved it)."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'journal_offset'").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
     def set_journal_offset(db: sqlite3.Connection, offset: int) -> None:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_offset', ?)", (str(offset),))
 
@@ -172,7 +182,8 @@ class Index:
 
     @staticmethod
     def insert(db: sqlite3.Connection, record: LatentRecord, pinned: bool, last_access: float) -> bool:
-        """Index a latent unless it has a tombstone; return whether it was indexed.
+        """Index a latent unless it has a tombstone; return whether it was indexed. A pin state the
+        journal set for this ID (``pins``) overrides ``pinned``.
 
         The tombstone check and the insert are one statement, so a put that lost a race with gc
         (its file indexed, evicted and removed by a gc in another process before the put's own
@@ -181,7 +192,8 @@ class Index:
         cursor = db.execute(
             "INSERT OR REPLACE INTO records (id, record, pipeline_id, flow_run_id, stage_type, variant, "
             "is_checkpoint, pinned, created_at, expires_at, size_bytes, last_access, digest) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?)",
+            "SELECT ?, ?, ?, ?, ?, ?, ?, coalesce((SELECT pinned FROM pins WHERE id = ?), ?), ?, ?, ?, ?, ? "
+            "WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?)",
             (
                 record.id,
                 record.model_dump_json(exclude={"size_bytes"}),
@@ -190,6 +202,7 @@ class Index:
                 record.stage_type,
                 record.backend.variant,
                 int(record.is_checkpoint),
+                record.id,
                 int(pinned),
                 to_epoch(record.created_at),
                 to_epoch(record.expires_at),
@@ -213,20 +226,23 @@ class Index:
     @staticmethod
     def set_pinned(db: sqlite3.Connection, latent_id: str, pinned: bool) -> None:
         db.execute("UPDATE records SET pinned = ? WHERE id = ?", (int(pinned), latent_id))
+        db.execute("INSERT OR REPLACE INTO pins (id, pinned) VALUES (?, ?)", (latent_id, int(pinned)))
 
     @staticmethod
     def remove(db: sqlite3.Connection, removals: Sequence[tuple[str, RemovalReason, float]]) -> None:
         db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i, _, _ in removals])
         db.executemany("DELETE FROM parents WHERE child = ?", [(i,) for i, _, _ in removals])
+        db.executemany("DELETE FROM pins WHERE id = ?", [(i,) for i, _, _ in removals])
         db.executemany("INSERT OR REPLACE INTO tombstones (id, reason, at) VALUES (?, ?, ?)", removals)
 
     @staticmethod
     def revive(db: sqlite3.Connection, latent_id: str) -> None:
         db.execute("DELETE FROM tombstones WHERE id = ?", (latent_id,))
+        db.execute("DELETE FROM pins WHERE id = ?", (latent_id,))
 
     @staticmethod
     def clear(db: sqlite3.Connection) -> None:
-        for table in ("records", "parents", "tombstones", "meta"):
+        for table in ("records", "parents", "tombstones", "pins", "meta"):
             db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
 
     @staticmethod

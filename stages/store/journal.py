@@ -1,23 +1,36 @@
 """The lifecycle journal: pins, unpins, removals (tombstones) and revivals, as JSON lines.
 
 Pins and tombstones change after a latent file is written, and rewriting a megabyte tensor file to
-flip a flag would be slow and risky. So these changes go to one append-only journal instead: each
-change is durable (fsync) before the index or any file is touched, the index remembers how far into
-the journal it has applied, and a rebuild replays the whole journal over the files. One fsync covers
-a whole gc batch.
+flip a flag would be slow and risky. So these changes go to a journal instead: each change is
+durable before the index or any file is touched, the index remembers how far into the journal it
+has applied (its *position*), and a rebuild replays the whole journal over the files. One write
+covers a whole gc batch.
+
+The journal has one interface and two layouts, chosen by what the filesystem can do:
+
+- a local directory appends to one file, ``journal.jsonl`` (fsync per append; the position is a byte
+  offset; a torn last line from a crash is cut off by the next append);
+- an object store cannot append, so each append is one object ``journal/<n>.jsonl`` with ``n`` the
+  next sequence number (the position is the last ``n``), created exclusively. Two writers that
+  both computed ``n`` (a lock holder and a holder whose lease was taken over) cannot both succeed:
+  the loser raises ``StoreBusy`` before it changes anything else. Reading probes forward from the
+  position, fetching a growing window of objects at once, so catching up costs one request when
+  nothing changed, and a rebuild reads a long journal in parallel batches.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
-from stages.errors import StageError
-from stages.store.fs import FileSystem
+from stages.errors import StageError, StoreBusy
+from stages.store.fs import FileSystem, ObjectFileSystem
 from stages.store.ids import validate_latent_id
 
 JOURNAL = "journal.jsonl"
+SEGMENTS_DIR = "journal"
+_MAX_WINDOW = 64
 
 Op = Literal["pin", "unpin", "remove", "revive"]
 RemovalReason = Literal["deleted", "expired", "evicted", "lost", "corrupt"]
@@ -45,20 +58,78 @@ class Event:
         return (json.dumps(body, separators=(",", ":")) + "\n").encode()
 
 
-def append(fs: FileSystem, events: list[Event]) -> int:
-    """Make ``events`` durable; return the journal's size after them. Caller holds the store lock."""
-    return fs.append_durable(JOURNAL, b"".join(event.to_line() for event in events))
+class JournalBehind(Exception):
+    """The journal holds less than the index says it applied (restored from backup, wiped, or a
+    different store at the same place): the index must be rebuilt."""
+
+
+def segment_rel(number: int) -> str:
+    return f"{SEGMENTS_DIR}/{number:012d}.jsonl"
+
+
+def append(fs: FileSystem, events: list[Event], *, after: int | None = None) -> int:
+    """Make ``events`` durable; return the journal position after them. Caller holds the store lock;
+    ``after`` is the position its index is caught up to (an object store needs it to name the next
+    segment)."""
+    data = b"".join(event.to_line() for event in events)
+    if fs.can_append:
+        return fs.append_durable(JOURNAL, data)
+    if after is None:
+        raise ValueError("appending to a segmented journal needs the current position")
+    objects = cast(ObjectFileSystem, fs)
+    number = after + 1
+    if objects.create_exclusive(segment_rel(number), data):
+        return number
+    existing = objects.read_many([segment_rel(number)])[0]
+    if existing == data:
+        return number  # our own write, whose answer was lost and which a retry then found
+    raise StoreBusy(
+        f"store journal entry {segment_rel(number)} was written by another process while this one held "
+        "the store lock (its lease was taken over?); nothing was changed, try again"
+    )
 
 
 def read(fs: FileSystem, offset: int) -> tuple[list[Event], int]:
-    """Complete events from byte ``offset`` on, and the offset just past the last complete line (a
-    torn last line, from a crash mid-append, is not an event)."""
-    if not fs.exists(JOURNAL):
-        return [], 0
+    """Complete events after position ``offset``, and the position after the last of them (a torn
+    last line, from a crash mid-append, is not an event). Raises ``JournalBehind`` when the journal
+    does not reach ``offset``."""
+    if not fs.can_append:
+        return _read_segments(fs, offset)
+    size = fs.size(JOURNAL) if fs.exists(JOURNAL) else 0
+    if size < offset:
+        raise JournalBehind(f"journal is {size} bytes but the index has applied {offset}")
+    if size == offset:
+        return [], offset
     data = fs.read_range(JOURNAL, offset)
     end = data.rfind(b"\n") + 1
+    return _parse(data[:end], f"{JOURNAL} after byte {offset}"), offset + end
+
+
+def _read_segments(fs: FileSystem, offset: int) -> tuple[list[Event], int]:
+    objects = cast(ObjectFileSystem, fs)
+    events: list[Event] = []
+    position, window = offset, 1
+    check = [segment_rel(offset)] if offset > 0 else []  # the last applied segment must still be there
+    while True:
+        numbers = range(position + 1, position + 1 + window)
+        found = objects.read_many(check + [segment_rel(n) for n in numbers])
+        if check:
+            if isinstance(found[0], FileNotFoundError):
+                raise JournalBehind(f"journal segment {check[0]} is missing but the index has applied it")
+            found, check = found[1:], []
+        for number, data in zip(numbers, found, strict=True):
+            if isinstance(data, FileNotFoundError):
+                return events, position
+            if isinstance(data, Exception):
+                raise data
+            events += _parse(data, segment_rel(number))
+            position = number
+        window = min(window * 4, _MAX_WINDOW)
+
+
+def _parse(data: bytes, where: str) -> list[Event]:
     events = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
+    for number, line in enumerate(data.splitlines(), start=1):
         try:
             body = json.loads(line)
             latent_id = validate_latent_id(body["id"])  # it becomes a file path when applied
@@ -67,8 +138,8 @@ def read(fs: FileSystem, offset: int) -> tuple[list[Event], int]:
                 raise ValueError(f"unknown operation {line!r}")
             events.append(event)
         except (ValueError, KeyError, TypeError) as exc:
-            raise StageError(f"store journal {JOURNAL} is damaged at line {number} after byte {offset}: {exc}") from exc
-    return events, offset + end
+            raise StageError(f"store journal {where} is damaged at line {number}: {exc}") from exc
+    return events
 
 
 @dataclass

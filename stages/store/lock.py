@@ -3,6 +3,9 @@
 Puts do not take it (SQLite orders their index inserts); pin, unpin, delete, gc, import and the
 consistency pass at open do, because each of them appends to the journal and then changes the index,
 and a gc deciding what to remove must not interleave with a pin of the same latent.
+
+This is the local store's lock (``filelock``: ``flock`` on a file beside the latents, per host). A
+store on a remote URL uses ``lease.LeaseLock`` instead, an object held by compare-and-swap.
 """
 
 from __future__ import annotations

@@ -3,13 +3,21 @@ IDs (``ids``), file format (``files``), file I/O (``fs``), lifecycle journal (``
 SQLite index (``index``), recovery (``sync``), retention rules (``retention``) and bundles
 (``bundle``).
 
-Layout under ``root``::
+``root`` is a local directory or a remote filesystem URL (``s3://bucket/prefix``, ``memory://x``;
+see ``remote.py`` for what each guarantee rests on there). Layout under ``root``::
 
     latents/<id>.safetensors   tensor + extras + record (source of truth)
-    journal.jsonl              pins, unpins, removals (tombstones), revivals
-    index.sqlite3              cache of the two above, rebuilt when missing or unreadable
+    journal.jsonl              pins, unpins, removals (tombstones), revivals (local)
+    journal/<n>.jsonl          the same, one object per change (remote: no append)
+    index.sqlite3              cache of the above, rebuilt when missing or unreadable (local; a
+                               remote store's index is a per-host cache under ``index_dir``)
     corrupt/                   unreadable latent files, moved aside for inspection
-    .lock                      store-wide lock for lifecycle changes
+    .lock                      store-wide lock for lifecycle changes (remote: a lease object)
+
+A remote store's index learns of other hosts' work lazily: every lookup first applies journal
+changes it has not seen (one request when there are none), a lookup that misses checks for the
+latent's object before answering ``LatentNotFound``, and ``list``/``lineage`` list the latents
+first. ``gc`` does the full reconciliation, under the lock.
 """
 
 from __future__ import annotations
@@ -39,13 +47,15 @@ from stages.errors import (
 from stages.records import LatentRecord
 from stages.store import files, journal, sync
 from stages.store.bundle import BundleItem, read_bundle, write_bundle
-from stages.store.files import LATENTS_DIR, latent_rel
-from stages.store.fs import LocalFileSystem
+from stages.store.files import CORRUPT_DIR, LATENTS_DIR, latent_rel
+from stages.store.fs import FileSystem, LocalFileSystem
 from stages.store.ids import new_latent_id, validate_latent_id
 from stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
 from stages.store.journal import Event, RemovalReason
+from stages.store.lease import DEFAULT_LEASE_S, LeaseLock
 from stages.store.lock import StoreLock
 from stages.store.models import GcReport, Lineage, RemovedLatent
+from stages.store.remote import index_path, local_path_of, open_filesystem, split_url
 from stages.store.retention import expiry, is_expired, plan_gc
 
 INDEX_FILE = "index.sqlite3"
@@ -57,10 +67,18 @@ _STORE_FILLED = frozenset({"id", "digest", "shape", "dtype", "size_bytes", "crea
 
 
 class LatentStore:
-    """Latents on a local directory with provenance, TTL, pins, lineage-aware gc and bundles.
+    """Latents in a local directory or under a remote URL, with provenance, TTL, pins,
+    lineage-aware gc and bundles.
 
-    Safe for several processes and threads at once. Every read of a latent verifies its digest; a
-    latent past its TTL is never returned, whether or not gc has collected it yet.
+    Safe for several processes and threads at once (and, on a remote root, several hosts). Every
+    read of a latent verifies its digest; a latent past its TTL is never returned, whether or not
+    gc has collected it yet.
+
+    ``storage_options`` go to fsspec for a URL root (s3fs: ``endpoint_url``, ``profile``, ...;
+    s3fs/botocore also read ``AWS_ENDPOINT_URL`` and the usual credential variables). ``index_dir``
+    is where this host caches a remote store's index (default ``$ACE_INDEX_DIR`` or
+    ``~/.cache/prefect-acestep/index``). ``lease_s`` is how long a remote lock outlives a crashed
+    holder.
     """
 
     def __init__(
@@ -70,22 +88,44 @@ class LatentStore:
         max_bytes: int | None = None,
         *,
         lock_timeout_s: float = 30.0,
+        storage_options: dict[str, Any] | None = None,
+        index_dir: str | Path | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if not ttl_hours > 0:
             raise InvalidStageRequest(f"ttl_hours must be > 0, got {ttl_hours}")
         if max_bytes is not None and max_bytes < 0:
             raise InvalidStageRequest(f"max_bytes must be >= 0 or None, got {max_bytes}")
-        self.root = Path(root).expanduser()
         self.ttl_hours = float(ttl_hours)
         self.max_bytes = max_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._fs = LocalFileSystem(self.root)
-        self._fs.makedirs(LATENTS_DIR)
-        self._lock = StoreLock(self.root / LOCK_FILE, lock_timeout_s)
-        with self._lock.held():
-            self._index = self._open_index()
-            self._catch_up()
-            sync.reconcile(self._fs, self._index)
+        url = split_url(root)
+        self.remote = url is not None
+        self.root: Path | str
+        self._fs: FileSystem
+        self._lock: StoreLock | LeaseLock
+        if url is None:
+            if storage_options:
+                raise InvalidStageRequest(f"storage_options apply to URL roots only; {root!r} is a local path")
+            if index_dir is not None:
+                raise InvalidStageRequest("a local store keeps its index in its directory; index_dir is for URL roots")
+            directory = self.root = local_path_of(root)
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fs = LocalFileSystem(directory)
+            self._fs.makedirs(LATENTS_DIR)
+            self._lock = StoreLock(directory / LOCK_FILE, lock_timeout_s)
+            with self._lock.held():
+                self._index = self._open_index(directory / INDEX_FILE)
+                self._catch_up()
+                sync.reconcile(self._fs, self._index)
+        else:
+            protocol, path = url
+            self.root = f"{protocol}://{path}"
+            options = dict(storage_options or {})
+            remote = open_filesystem(protocol, path, options)
+            self._fs = remote
+            self._lock = LeaseLock(remote.objects, remote.full(LOCK_FILE), lock_timeout_s, lease_s)
+            self._index = self._open_index(index_path(self.root, options, index_dir))
+            self._refresh_journal()
 
     def __repr__(self) -> str:
         return f"LatentStore({str(self.root)!r}, ttl_hours={self.ttl_hours}, max_bytes={self.max_bytes})"
@@ -101,9 +141,8 @@ class LatentStore:
 
     # --- opening and recovery -----------------------------------------------------------------
 
-    def _open_index(self) -> Index:
+    def _open_index(self, path: Path) -> Index:
         """The index, rebuilt from the files when it is missing, unreadable or never finished."""
-        path = self.root / INDEX_FILE
         try:
             index = Index(path)
         except IndexUnreadable as exc:
@@ -112,7 +151,8 @@ class LatentStore:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             index = Index(path)
         if not index.is_built():
-            sync.rebuild(self._fs, index)
+            with self._lock.held():  # reentrant: a local store already holds it here
+                sync.rebuild(self._fs, index)
         return index
 
     def rebuild_index(self) -> None:
@@ -122,12 +162,27 @@ class LatentStore:
 
     def _catch_up(self) -> None:
         """Apply journal events the index lacks (another process may have crashed between its
-        journal append and its index commit); rebuild if the two no longer fit together."""
+        journal append and its index commit); rebuild if the two no longer fit together. Holds the
+        lock (so it may remove files)."""
         try:
             sync.catch_up_journal(self._fs, self._index)
         except IndexUnreadable as exc:
             logger.warning("latent store {}: {}; rebuilding the index from the files", self.root, exc)
             sync.rebuild(self._fs, self._index)
+
+    def _refresh_journal(self) -> None:
+        """Remote only: apply other hosts' lifecycle changes to this host's index, without the lock."""
+        try:
+            sync.catch_up_journal(self._fs, self._index, remove_files=False)
+        except IndexUnreadable as exc:
+            logger.warning("latent store {}: {}; rebuilding the index from the files", self.root, exc)
+            with self._lock.held():
+                sync.rebuild(self._fs, self._index)
+
+    def _refresh(self) -> None:
+        """Remote only: also index latents other hosts put (one listing of ``latents/``)."""
+        self._refresh_journal()
+        sync.index_new_files(self._fs, self._index)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -202,7 +257,8 @@ class LatentStore:
             row = self._resolve(latent_id)
             if row.pinned == pinned:
                 return
-            end = journal.append(self._fs, [Event("pin" if pinned else "unpin", latent_id, time.time())])
+            event = Event("pin" if pinned else "unpin", latent_id, time.time())
+            end = journal.append(self._fs, [event], after=self._index.journal_offset())
             with self._index.transaction() as db:
                 Index.set_pinned(db, latent_id, pinned)
                 Index.set_journal_offset(db, end)
@@ -221,7 +277,8 @@ class LatentStore:
         ``catch_up_journal`` or ``reconcile`` completes. Returns the bytes freed."""
         if not removals:
             return 0
-        end = journal.append(self._fs, [Event("remove", i, at, reason) for i, reason, at in removals])
+        events = [Event("remove", i, at, reason) for i, reason, at in removals]
+        end = journal.append(self._fs, events, after=self._index.journal_offset())
         with self._index.transaction() as db:
             Index.remove(db, removals)
             Index.set_journal_offset(db, end)
@@ -232,7 +289,11 @@ class LatentStore:
     def _resolve(self, latent_id: str) -> Row:
         """The live row of ``latent_id``, or the typed error saying why there is none."""
         validate_latent_id(latent_id)
+        if self.remote:
+            self._refresh_journal()
         row = self._index.row(latent_id)
+        if row is None and self.remote and self._index.tombstone(latent_id) is None:
+            row = self._adopt(latent_id)
         if row is None:
             tombstone = self._index.tombstone(latent_id)
             if tombstone is None:
@@ -245,11 +306,21 @@ class LatentStore:
                     latent_id, f"its file vanished from the store (noticed {from_epoch(at).isoformat()})"
                 )
             if reason == "corrupt":
-                raise LatentCorrupt(latent_id, f"its file was unreadable and was moved to {self.root / 'corrupt'}")
+                raise LatentCorrupt(latent_id, f"its file was unreadable and was moved to {self.root}/{CORRUPT_DIR}")
             raise LatentDeleted(latent_id, from_epoch(at), reason)
         if is_expired(row, time.time(), self._index.has_pinned_descendant):
             raise LatentExpired(latent_id, from_epoch(row.expires_at))
         return row
+
+    def _adopt(self, latent_id: str) -> Row | None:
+        """Remote only: index a latent another host put, from its object's header (None if there is
+        no such object, or a removal of it was journaled meanwhile)."""
+        try:
+            record = files.read_record(self._fs, latent_rel(latent_id), latent_id)
+        except FileNotFoundError:
+            return None
+        self._index.insert_now(record, record.pinned, to_epoch(record.created_at))
+        return self._index.row(latent_id)
 
     def _read(self, latent_id: str) -> tuple[Row, files.DecodedLatent]:
         row = self._resolve(latent_id)
@@ -302,6 +373,8 @@ class LatentStore:
             validate_latent_id(parent)
         if limit is not None and limit < 0:
             raise InvalidStageRequest(f"limit must be >= 0, got {limit}")
+        if self.remote:
+            self._refresh()
         rows = self._index.list(
             now=time.time(),
             pipeline_id=pipeline_id,
@@ -318,6 +391,8 @@ class LatentStore:
     def lineage(self, latent_id: str) -> Lineage:
         """Ancestors (what it was made from) and descendants (what was made from it). Ancestors that
         no longer resolve are listed by ID in ``missing_ancestors``."""
+        if self.remote:
+            self._refresh()
         self._resolve(latent_id)
         now = time.time()
         up = [i for i, _ in self._index.ancestors(latent_id)]
@@ -389,6 +464,11 @@ class LatentStore:
         items = read_bundle(Path(path))
         with self._locked():
             existing = self._index.rows([item.record.id for item in items])
+            if self.remote:  # latents other hosts put are not in this host's index yet
+                for item in items:
+                    if item.record.id not in existing and self._index.tombstone(item.record.id) is None:
+                        if (row := self._adopt(item.record.id)) is not None:
+                            existing[item.record.id] = row
             for item in items:
                 here = existing.get(item.record.id)
                 if here is not None and here.digest != item.record.digest:
@@ -397,7 +477,8 @@ class LatentStore:
                     )
             # A revival resets the journal's view of each ID to its (re)written file, so a rebuild
             # agrees with the index about tombstones and pins of imported latents.
-            end = journal.append(self._fs, [Event("revive", item.record.id, time.time()) for item in items])
+            revivals = [Event("revive", item.record.id, time.time()) for item in items]
+            end = journal.append(self._fs, revivals, after=self._index.journal_offset())
             with self._index.transaction() as db:
                 for item in items:
                     Index.revive(db, item.record.id)

@@ -2,8 +2,10 @@
 
 The files and the journal are the truth; the index can lag them after a crash (a put killed between
 its rename and its index insert, a lifecycle change killed between its journal append and its index
-commit). Each step here is idempotent, so a crash during recovery is recovered by the next open.
-All functions run under the store lock.
+commit), and on a remote store it lags whatever other hosts did. Each step here is idempotent, so a
+crash during recovery is recovered by the next open. Steps that write the journal or remove files
+run under the store lock; ``catch_up_journal(remove_files=False)`` and ``index_new_files`` only
+change this host's index and run without it.
 """
 
 from __future__ import annotations
@@ -13,52 +15,62 @@ import time
 from loguru import logger
 
 from stages.errors import InvalidLatentId, LatentCorrupt
+from stages.records import LatentRecord
 from stages.store import journal
-from stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_record
+from stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_records
 from stages.store.fs import FileSystem
 from stages.store.ids import validate_latent_id
 from stages.store.index import Index, IndexUnreadable, to_epoch
 from stages.store.journal import Event
 
 
-def file_ids(fs: FileSystem, known: set[str] | frozenset[str] = frozenset()) -> set[str]:
-    """IDs of the complete latent files (temp files and foreign names are not latents). Names in
-    ``known`` (already-indexed IDs) were validated when indexed, so only new names are checked."""
-    ids = set()
-    for name in fs.list_dir(LATENTS_DIR):
+def file_ids(fs: FileSystem, known: set[str] | frozenset[str] = frozenset()) -> dict[str, int | None]:
+    """IDs of the complete latent files (temp files and foreign names are not latents), with their
+    sizes where the listing gives them. Names in ``known`` (already-indexed IDs) were validated
+    when indexed, so only new names are checked."""
+    ids = {}
+    for name, size in fs.listing(LATENTS_DIR).items():
         if fs.is_temp(name) or not name.endswith(SUFFIX):
             continue
         latent_id = name[: -len(SUFFIX)]
         if latent_id in known:
-            ids.add(latent_id)
+            ids[latent_id] = size
             continue
         try:
-            ids.add(validate_latent_id(latent_id))
+            ids[validate_latent_id(latent_id)] = size
         except InvalidLatentId:
             logger.warning("latent store: ignoring foreign file {}/{}", LATENTS_DIR, name)
     return ids
 
 
-def catch_up_journal(fs: FileSystem, index: Index) -> None:
-    """Apply journal events the index has not seen (a crash between append and index commit)."""
-    offset = index.journal_offset()
-    journal_size = fs.size(journal.JOURNAL) if fs.exists(journal.JOURNAL) else 0
-    if journal_size < offset:
-        raise IndexUnreadable(f"journal is {journal_size} bytes but the index has applied {offset}")
-    if journal_size == offset:
-        return
-    events, end = journal.read(fs, offset)
-    with index.transaction() as db:
-        for event in events:
-            if event.op in ("pin", "unpin"):
-                Index.set_pinned(db, event.id, event.op == "pin")
-            elif event.op == "remove":
-                Index.remove(db, [event.removal()])
-            else:
-                Index.revive(db, event.id)
-        Index.set_journal_offset(db, end)
-    for latent_id in journal.replay(events).tombstones:
-        fs.remove(latent_rel(latent_id))
+def catch_up_journal(fs: FileSystem, index: Index, *, remove_files: bool = True) -> None:
+    """Apply journal events the index has not seen: a crash between append and index commit, or
+    (remote) another host's changes. ``remove_files`` also deletes the files of removed latents,
+    which only a lock holder may do: without the lock, an import could be rewriting a revived
+    latent's file at that moment."""
+    while True:
+        offset = index.journal_offset()
+        try:
+            events, end = journal.read(fs, offset)
+        except journal.JournalBehind as exc:
+            raise IndexUnreadable(str(exc)) from exc
+        if end == offset:
+            return
+        with index.transaction() as db:
+            if Index.journal_offset_in(db) != offset:
+                continue  # another process of this host applied some of them meanwhile: reread
+            for event in events:
+                if event.op in ("pin", "unpin"):
+                    Index.set_pinned(db, event.id, event.op == "pin")
+                elif event.op == "remove":
+                    Index.remove(db, [event.removal()])
+                else:
+                    Index.revive(db, event.id)
+            Index.set_journal_offset(db, end)
+        break
+    if remove_files:
+        for latent_id in journal.replay(events).tombstones:
+            fs.remove(latent_rel(latent_id))
 
 
 def _quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
@@ -70,35 +82,33 @@ def _quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
 
 def reconcile(fs: FileSystem, index: Index) -> tuple[list[str], int]:
     """Index complete files the index lacks, finish interrupted removals, and tombstone rows whose
-    file vanished. Returns the leftover files removed and their bytes. Run after
-    ``catch_up_journal``, so that tombstones the journal holds are known.
+    file vanished. Returns the leftover files removed and their bytes. Run under the store lock,
+    after ``catch_up_journal``, so that tombstones the journal holds are known.
 
     Rows are read before the directory is listed: a put that lands in between then shows up as a
     file without a row (harmlessly indexed twice), never as a row without a file (wrongly "lost").
     """
     indexed = index.all_ids()
     on_disk = file_ids(fs, indexed)
-    unindexed = sorted(on_disk - indexed)
+    unindexed = sorted(on_disk.keys() - indexed)
     tombstoned = index.tombstoned(unindexed)
     removed, freed = [], 0
     for latent_id in sorted(tombstoned):
         freed += fs.remove(latent_rel(latent_id))
         removed.append(latent_rel(latent_id))
     records, events = [], []
-    for latent_id in unindexed:
-        if latent_id in tombstoned:
-            continue
-        try:
-            records.append(read_record(fs, latent_rel(latent_id), latent_id))
-        except FileNotFoundError:
-            continue  # removed since the listing (a concurrent import rewrite is not possible: locked)
-        except LatentCorrupt as exc:
-            events.append(_quarantine(fs, latent_id, exc))
+    found = read_records(fs, {i: on_disk[i] for i in unindexed if i not in tombstoned})
+    for latent_id, record in found.items():
+        if isinstance(record, LatentRecord):
+            records.append(record)
+        elif isinstance(record, LatentCorrupt):
+            events.append(_quarantine(fs, latent_id, record))
+        # FileNotFoundError: removed since the listing (a concurrent import rewrite is not possible: locked)
     now = time.time()
-    events += [Event("remove", latent_id, now, "lost") for latent_id in sorted(indexed - on_disk)]
+    events += [Event("remove", latent_id, now, "lost") for latent_id in sorted(indexed - on_disk.keys())]
     if not records and not events:
         return removed, freed
-    end = journal.append(fs, events) if events else None
+    end = journal.append(fs, events, after=index.journal_offset()) if events else None
     with index.transaction() as db:
         for record in records:
             Index.insert(db, record, record.pinned, to_epoch(record.created_at))
@@ -106,6 +116,20 @@ def reconcile(fs: FileSystem, index: Index) -> tuple[list[str], int]:
         if end is not None:
             Index.set_journal_offset(db, end)
     return removed, freed
+
+
+def index_new_files(fs: FileSystem, index: Index) -> None:
+    """Index latent files this host has not seen (puts by other hosts), without the lock: only the
+    index changes. Unreadable files are left for the next locked ``reconcile`` to set aside."""
+    indexed = index.all_ids()
+    on_disk = file_ids(fs, indexed)
+    unindexed = sorted(on_disk.keys() - indexed)
+    fresh = {i: on_disk[i] for i in unindexed if i not in index.tombstoned(unindexed)}
+    records = [r for r in read_records(fs, fresh).values() if isinstance(r, LatentRecord)]
+    if records:
+        with index.transaction() as db:
+            for record in records:
+                Index.insert(db, record, record.pinned, to_epoch(record.created_at))
 
 
 def rebuild(fs: FileSystem, index: Index) -> None:
@@ -116,22 +140,25 @@ def rebuild(fs: FileSystem, index: Index) -> None:
     events, end = journal.read(fs, 0)
     state = journal.replay(events)
     records, quarantined = [], []
-    for latent_id in sorted(file_ids(fs)):
-        if latent_id in state.tombstones:
-            fs.remove(latent_rel(latent_id))
-            continue
-        try:
-            records.append(read_record(fs, latent_rel(latent_id), latent_id))
-        except LatentCorrupt as exc:
-            quarantined.append(_quarantine(fs, latent_id, exc))
+    on_disk = file_ids(fs)
+    for latent_id in sorted(on_disk.keys() & state.tombstones.keys()):
+        fs.remove(latent_rel(latent_id))
+    found = read_records(fs, {i: size for i, size in on_disk.items() if i not in state.tombstones})
+    for latent_id, record in found.items():
+        if isinstance(record, LatentRecord):
+            records.append(record)
+        elif isinstance(record, LatentCorrupt):
+            quarantined.append(_quarantine(fs, latent_id, record))
     if quarantined:
-        end = journal.append(fs, quarantined)
+        end = journal.append(fs, quarantined, after=end)
         for event in quarantined:
             state.apply(event)
     with index.transaction() as db:
         Index.clear(db)
+        for latent_id, pinned in state.pins.items():
+            Index.set_pinned(db, latent_id, pinned)
         for record in records:
-            Index.insert(db, record, state.pins.get(record.id, record.pinned), to_epoch(record.created_at))
+            Index.insert(db, record, record.pinned, to_epoch(record.created_at))
         Index.remove(db, [(i, reason, at) for i, (reason, at) in state.tombstones.items()])
         Index.set_journal_offset(db, end)
         Index.mark_built(db)
