@@ -398,7 +398,7 @@ def test_legacy_and_new_name_together_is_an_error():
         ({"stage_type": "repaint", "src_latent_id": "x"}, "Repaint the mask area based on the given conditions:"),
         ({"stage_type": "extract", "src_latent_id": "x", "track_name": "backing_vocals", "variant": "base"},
          "Extract the BACKING_VOCALS track from the audio:"),
-        ({"stage_type": "lego", "src_latent_id": "x", "track_name": "guitar", "variant": "sft"},
+        ({"stage_type": "lego", "src_latent_id": "x", "track_name": "guitar", "variant": "base"},
          "Generate the GUITAR track based on the audio context:"),
         ({"stage_type": "complete", "src_latent_id": "x", "complete_track_classes": ["drums", "bass"],
           "variant": "base"}, "Complete the input track with DRUMS | BASS:"),
