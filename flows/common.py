@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
+from stages.decode import existing_audio
 from stages.results import StageResult
 from tasks.blocks import AceLatentStore
 from tasks.store_tasks import decode_task
@@ -27,7 +28,10 @@ def run_id() -> str:
 
 
 def with_audio(results: list[StageResult], store: AceLatentStore, out_dir: str, stem: str) -> list[StageResult]:
-    """Decode the batch latent of ``results`` and attach each sample's file."""
-    paths = decode_task(results[0].latent_id, store, out_dir, stem=stem)
+    """Decode the batch latent of ``results`` and attach each sample's file. A cached stage's
+    audio that is already there is kept without a decode task (no model call, no task run)."""
+    latent_id = results[0].latent_id
+    found = existing_audio(store.get_store(), latent_id, out_dir, stem=stem)
+    paths = [str(path) for path in found] if found is not None else decode_task(latent_id, store, out_dir, stem=stem)
     by_index = dict(enumerate(paths))
     return [result.model_copy(update={"audio_path": by_index[result.sample_index]}) for result in results]

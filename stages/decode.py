@@ -2,17 +2,22 @@
 
 The decoding backend is the one named by the latent's own record (same latent space by
 construction), so a latent can be listened to without knowing which model made it.
+
+A latent ID names immutable content, so a file that already holds a sample (its embedded metadata
+names the same latent, sample and digest) is that sample's audio: flows replaying a cached stage
+find it with ``existing_audio`` instead of running the VAE again. ``write_audio`` publishes files
+atomically, so an existing file with our metadata is a complete one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.audio import write_audio
+from stages.audio import read_audio_metadata, write_audio
 from stages.backends.protocol import Backend
 from stages.backends.registry import load_backend
 from stages.compat import as_float32
-from stages.errors import IncompatibleLatent
+from stages.errors import AudioError, IncompatibleLatent
 from stages.records import LatentRecord
 from stages.store import LatentStore
 
@@ -34,25 +39,67 @@ def decode_latent(
 ) -> list[Path]:
     """Decode samples of ``latent_id`` (all by default) to ``out_dir/<stem>_<i><suffix>``."""
     record = store.record(latent_id)
+    targets = _targets(record, out_dir, sample_indices, suffix, stem)
     model = backend if backend is not None else backend_of(record)
     if model.identity.latent_space != record.backend.latent_space:
         raise IncompatibleLatent(latent_id, "latent space", model.identity.latent_space, record.backend.latent_space)
     latents = as_float32(latent_id, store.get(latent_id))
-    indices = list(range(latents.shape[0])) if sample_indices is None else sample_indices
-    for index in indices:
-        if not 0 <= index < latents.shape[0]:
-            raise IncompatibleLatent(latent_id, "sample index", f"0..{latents.shape[0] - 1}", index)
-    audio = model.vae_decode(latents[indices].to(model.device)).cpu()
-    name = latent_id if stem is None else stem
+    audio = model.vae_decode(latents[[index for index, _ in targets]].to(model.device)).cpu()
     paths = []
-    for position, index in enumerate(indices):
+    for position, (index, target) in enumerate(targets):
         metadata = {
             "latent_id": latent_id,
+            "latent_digest": record.digest,
             "sample_index": index,
             "seed": record.seeds[index] if index < len(record.seeds) else None,
             "stage_type": record.stage_type,
             "backend": record.backend.model_dump(),
             "params": record.params,
         }
-        paths.append(write_audio(Path(out_dir) / f"{name}_{index}{suffix}", audio[position], metadata=metadata))
+        paths.append(write_audio(target, audio[position], metadata=metadata))
     return paths
+
+
+def existing_audio(
+    store: LatentStore,
+    latent_id: str,
+    out_dir: str | Path,
+    *,
+    sample_indices: list[int] | None = None,
+    suffix: str = ".wav",
+    stem: str | None = None,
+) -> list[Path] | None:
+    """The files ``decode_latent`` with the same arguments would write, when every one of them is
+    already there holding its sample; else None. A latent that no longer resolves raises."""
+    record = store.record(latent_id)
+    targets = _targets(record, out_dir, sample_indices, suffix, stem)
+    if all(_holds(path, record, index) for index, path in targets):
+        return [path for _, path in targets]
+    return None
+
+
+def _targets(
+    record: LatentRecord, out_dir: str | Path, sample_indices: list[int] | None, suffix: str, stem: str | None
+) -> list[tuple[int, Path]]:
+    batch = record.shape[0]
+    indices = list(range(batch)) if sample_indices is None else sample_indices
+    for index in indices:
+        if not 0 <= index < batch:
+            raise IncompatibleLatent(record.id, "sample index", f"0..{batch - 1}", index)
+    name = record.id if stem is None else stem
+    return [(index, Path(out_dir) / f"{name}_{index}{suffix}") for index in indices]
+
+
+def _holds(path: Path, record: LatentRecord, index: int) -> bool:
+    """Whether ``path`` is the decoded audio of sample ``index`` of ``record``."""
+    if not path.is_file():
+        return False
+    try:
+        metadata = read_audio_metadata(path)
+    except AudioError:
+        return False  # damaged: decode again and replace it
+    return (metadata.get("latent_id"), metadata.get("latent_digest"), metadata.get("sample_index")) == (
+        record.id,
+        record.digest,
+        index,
+    )

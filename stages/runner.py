@@ -268,10 +268,22 @@ def _loop_request(
         source=task_source,
         cover_strength=params.audio_cover_strength if params.stage_type == "cover" else 1.0,
         repaint_window=_window(params, window_frames),
-        checkpoint_steps=tuple(params.checkpoint_steps),
+        checkpoint_steps=_pending_checkpoints(params, source),
         resume=resume,
         on_step=on_step,
     )
+
+
+def _pending_checkpoints(params: StageParams, source: _Source) -> tuple[int, ...]:
+    """The checkpoint steps this run takes. A resumed checkpoint's params (what ``restore`` gives)
+    still list the steps its own run stored before it; those were taken already and are skipped.
+    Any other step before the resume point stays in, so the loop rejects it by name."""
+    steps = tuple(params.checkpoint_steps)
+    if source.mode != "resume":
+        return steps
+    assert source.record is not None and source.record.checkpoint_step is not None
+    taken = set(source.record.params.get("checkpoint_steps", []))
+    return tuple(step for step in steps if not (step < source.record.checkpoint_step and step in taken))
 
 
 def _resume_state(source: _Source, batch: int) -> LoopState:

@@ -7,6 +7,7 @@ output; the ``publish_*`` functions only hand that output to Prefect.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -87,17 +88,32 @@ def publish_summary(title: str, hops: Sequence[Sequence[StageResult]], audio_dir
     create_markdown_artifact(markdown=lineage_markdown(title, hops, audio_dir), key=key, description=title)
 
 
+PROGRESS_INTERVAL_S = 0.5
+"""Least time between two progress writes of one run (the last step is always written)."""
+
+
 class DiffusionProgress:
-    """A progress artifact that follows the diffusion steps of one stage run."""
+    """A progress artifact that follows the diffusion steps of one stage run.
+
+    Each write is an API call, and a fast backend finishes a step in milliseconds, so steps are
+    written at most every ``PROGRESS_INTERVAL_S`` (faster than a person reads a progress bar);
+    the first and the last step are always written, so a finished run shows 100%.
+    """
 
     def __init__(self, description: str) -> None:
         self.description = description
         self.artifact_id: UUID | None = None
+        self._written_at = 0.0
 
     def __call__(self, info: StepInfo) -> None:
+        now = time.monotonic()
+        last = info.step + 1 == info.total_steps
+        if self.artifact_id is not None and not last and now - self._written_at < PROGRESS_INTERVAL_S:
+            return
         percent = 100.0 * (info.step + 1) / info.total_steps
         text = f"{self.description}: step {info.step + 1}/{info.total_steps} (t={info.t:.3f})"
         if self.artifact_id is None:
             self.artifact_id = create_progress_artifact(progress=percent, description=text)
         else:
             update_progress_artifact(artifact_id=self.artifact_id, progress=percent, description=text)
+        self._written_at = now

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -25,7 +25,8 @@ DEFAULT_TTL_HOURS = 24.0
 
 
 class AceLatentStore(Block):
-    """Where stage latents live: a directory with safetensors files, an index, TTL and pins.
+    """Where stage latents live: a directory or a remote URL (``s3://bucket/prefix``) with
+    safetensors files, an index, TTL and pins.
 
     Every flow takes the name of a saved block of this type; with none, the local default store
     from ``ACE_LATENT_DIR`` / ``ACE_LATENT_TTL_HOURS`` is used.
@@ -41,7 +42,18 @@ class AceLatentStore(Block):
     root: str = Field(
         default=str(DEFAULT_LATENT_DIR),
         title="Root",
-        description="Directory that holds the latents (created if missing).",
+        description=(
+            "Directory that holds the latents (created if missing), or a remote URL such as "
+            "s3://bucket/prefix shared by several machines."
+        ),
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        title="Storage options",
+        description=(
+            "For a URL root only: fsspec options such as endpoint_url or profile. Stored in plain "
+            "text, so no credentials here: give them through the environment or a profile."
+        ),
     )
     ttl_hours: float = Field(
         default=DEFAULT_TTL_HOURS,
@@ -72,4 +84,6 @@ class AceLatentStore(Block):
     def get_store(self) -> "LatentStore":
         from stages.store import LatentStore
 
-        return LatentStore(Path(self.root).expanduser(), ttl_hours=self.ttl_hours, max_bytes=self.max_bytes)
+        return LatentStore(
+            self.root, ttl_hours=self.ttl_hours, max_bytes=self.max_bytes, storage_options=self.storage_options
+        )

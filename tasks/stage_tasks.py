@@ -9,11 +9,9 @@ Tasks take IDs and small pydantic models and return ``StageResult``s, never tens
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, get_args
 
 from prefect import Task, task
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.runtime import task_run as current_task_run
 from prefect.context import FlowRunContext, TaskRunContext
 
@@ -23,12 +21,10 @@ from stages.runner import Provenance, run_stage
 from tasks.artifacts import DiffusionProgress, publish_stage_table
 from tasks.blocks import AceLatentStore
 from tasks.cache import StageCachePolicy
+from tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
 from tasks.concurrency import backend_slot, configured_limit
 from tasks.logbridge import install_loguru_bridge
 from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
-
-CACHE_DIR = ".prefect-cache"
-"""Beside the latents: cache records (keys), their results and their locks."""
 
 install_loguru_bridge()
 
@@ -106,15 +102,15 @@ def stage_task_for(params: StageParams, store: AceLatentStore) -> Task[..., list
     """The task for ``params``' stage type, configured for ``store``: cache records, results and
     locks live beside the latents (so every worker sharing the store shares the cache), cache
     lifetime follows the store's TTL, and tags carry backend and variant."""
-    cache_root = Path(store.root).expanduser() / CACHE_DIR
+    storage = cache_storage(store)  # local dirs, or beside a remote store (see tasks.cache_storage)
     policy = StageCachePolicy().configure(
-        key_storage=cache_root / "keys",
-        lock_manager=FileSystemLockManager(lock_files_directory=cache_root / "locks"),
+        key_storage=storage.key_storage,
+        lock_manager=storage.lock_manager,
         isolation_level="SERIALIZABLE",
     )
     return STAGE_TASKS[params.stage_type].with_options(
         cache_policy=policy,
         cache_expiration=timedelta(hours=store.ttl_hours),
-        result_storage=cache_root / "results",
+        result_storage=storage.result_storage,
         tags=["acestep", f"stage:{params.stage_type}", f"backend:{params.backend}", f"variant:{params.variant}"],
     )

@@ -6,8 +6,6 @@ and gc are quick metadata changes that either work or name the latent that is wr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -70,7 +68,7 @@ def gc_task(store: AceLatentStore) -> GcReport:
     lines = [
         f"# Latent store gc: {len(report.removed)} removed, {report.bytes_freed} bytes freed",
         "",
-        f"Store: `{Path(store.root).expanduser()}`",
+        f"Store: `{store.root}`",
     ]
     if report.removed:
         lines += ["", "| latent | reason |", "|---|---|"]

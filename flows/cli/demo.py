@@ -3,6 +3,8 @@ from a checkpoint, so a new user sees every core idea (IDs, chaining, audio, res
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 from flows.cli.output import table
@@ -45,7 +47,13 @@ class DemoReport(BaseModel):
         resumed = self.resumed[0]
         rows.append(["resume", f"generate from step {resumed.start_step}", resumed.latent_id, resumed.seed, "-",
                      resumed.audio_path])  # fmt: skip
-        table("prefect-acestep demo (embedded backend)", ["#", "stage", "latent", "seed", "checkpoints", "audio"], rows)
+        audio_dir = Path(self.stages[-1][0].audio_path or ".").parent
+        rows = [[*row[:-1], "-" if row[-1] is None else Path(row[-1]).name] for row in rows]
+        table(
+            f"prefect-acestep demo (embedded backend); audio in {audio_dir}",
+            ["#", "stage", "latent", "seed", "checkpoints", "audio"],
+            rows,
+        )
         verdict = "bit-identical to" if self.resume_exact else "DIFFERENT from"
         print(f"Resumed latent {resumed.latent_id} is {verdict} the uninterrupted {self.stages[0][0].latent_id}.")
 

@@ -44,7 +44,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         view.add_column(column, overflow="fold")
     for row in rows:
         view.add_row(*("-" if cell is None else str(cell) for cell in row))
-    Console().print(view)
+    # A pipe or CI log has no width: rich would assume 80 columns and fold every latent ID.
+    Console(width=None if sys.stdout.isatty() else 220).print(view)
 
 
 def _first_line(error: BaseException) -> str:

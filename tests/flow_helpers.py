@@ -1,0 +1,194 @@
+"""Shared pieces of the orchestration tests: a counting backend, store/run fixtures, API readers.
+
+``CountingBackend`` is the real embedded model under another registered name: every model call
+still runs, and is also counted in memory and, when a call log is given, appended to a file with
+the process id and the call's start and end times, so a test can see what other processes or
+threads did. It can also raise queued faults before a call (retry tests) and sleep inside
+``velocity`` (to hold a stage open long enough for another one to collide with it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import torch
+
+from stages.backends.embedded import EmbeddedBackend
+from stages.backends.registry import load_backend, register_backend
+
+COUNTED = ("encode_condition", "velocity", "vae_encode", "vae_decode", "tokenize", "detokenize")
+CALL_LOG_ENV = "ACE_TEST_CALL_LOG"
+"""A subprocess registering a counting backend appends its calls to this file when set."""
+
+SHORT_STAGE: dict[str, Any] = {"duration": 2.0, "inference_steps": 4}
+"""Enough for every code path (4 steps allow checkpoints and partial denoising), fast on 2 cores."""
+
+
+class CountingBackend(EmbeddedBackend):
+    """The embedded model registered as ``name``; see the module docstring."""
+
+    def __init__(
+        self,
+        variant: str = "turbo",
+        device: str | torch.device = "cpu",
+        *,
+        name: str,
+        call_log: Path | None = None,
+        velocity_delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(variant=variant, device=device)
+        self.identity = self.identity.model_copy(update={"name": name})
+        self.calls: Counter[str] = Counter()
+        self.faults: dict[str, list[BaseException]] = defaultdict(list)
+        self.call_log = call_log
+        self.velocity_delay_s = velocity_delay_s
+        self._lock = threading.Lock()
+
+    def inject(self, method: str, *errors: BaseException) -> None:
+        """Raise ``errors`` one by one on the next calls of ``method`` (before the call is counted)."""
+        self.faults[method].extend(errors)
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.faults.clear()
+
+    def _call(self, method: str, run: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self.faults[method]:
+                raise self.faults[method].pop(0)
+            self.calls[method] += 1
+        start = time.time()
+        if method == "velocity" and self.velocity_delay_s > 0:
+            time.sleep(self.velocity_delay_s)
+        result = run()
+        end = time.time()
+        if self.call_log is not None:
+            line = f"{os.getpid()} {threading.get_ident()} {method} {start:.6f} {end:.6f}\n"
+            with self._lock, self.call_log.open("a") as log:
+                log.write(line)
+        return result
+
+    def encode_condition(self, spec, batch_size):
+        return self._call("encode_condition", lambda: super(CountingBackend, self).encode_condition(spec, batch_size))
+
+    def velocity(self, x_t, t, cond, context):
+        return self._call("velocity", lambda: super(CountingBackend, self).velocity(x_t, t, cond, context))
+
+    def vae_encode(self, audio):
+        return self._call("vae_encode", lambda: super(CountingBackend, self).vae_encode(audio))
+
+    def vae_decode(self, latents):
+        return self._call("vae_decode", lambda: super(CountingBackend, self).vae_decode(latents))
+
+    def tokenize(self, latents):
+        return self._call("tokenize", lambda: super(CountingBackend, self).tokenize(latents))
+
+    def detokenize(self, codes, frames):
+        return self._call("detokenize", lambda: super(CountingBackend, self).detokenize(codes, frames))
+
+
+def register_counting(name: str, *, call_log: Path | None = None, velocity_delay_s: float = 0.0) -> None:
+    """Register backend ``name`` (a fresh instance per variant, replacing any earlier one)."""
+    log = call_log
+    if log is None and os.environ.get(CALL_LOG_ENV, "") != "":
+        log = Path(os.environ[CALL_LOG_ENV])
+
+    def factory(**options: Any) -> CountingBackend:
+        return CountingBackend(name=name, call_log=log, velocity_delay_s=velocity_delay_s, **options)
+
+    register_backend(name, factory)
+
+
+def counting(name: str, variant: str = "turbo") -> CountingBackend:
+    """The process-wide instance the runner and tasks use for ``name``/``variant``."""
+    backend = load_backend(name, variant=variant)
+    assert isinstance(backend, CountingBackend)
+    return backend
+
+
+def read_call_log(path: Path) -> list[tuple[int, int, str, float, float]]:
+    """Lines of a call log: (pid, thread id, method, start, end)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        pid, thread, method, start, end = line.split()
+        rows.append((int(pid), int(thread), method, float(start), float(end)))
+    return rows
+
+
+# --- Prefect ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def latent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default store (``ACE_LATENT_DIR``) and audio directory, both under ``tmp_path``."""
+    root = tmp_path / "latents"
+    monkeypatch.setenv("ACE_LATENT_DIR", str(root))
+    monkeypatch.setenv("ACE_LATENT_TTL_HOURS", "24")
+    monkeypatch.setenv("ACE_AUDIO_DIR", str(tmp_path / "audio"))
+    monkeypatch.delenv("ACE_GPU_CONCURRENCY_LIMIT", raising=False)
+    return root
+
+
+@pytest.fixture
+def fast_prefect(prefect_server) -> Iterator[None]:
+    """The real server, with flow heartbeats off (the engine joins the heartbeat thread for up to
+    a second at every flow's end; the issue allows turning them off in tests)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def flow_run_id(state) -> UUID:
+    """The flow run id of a state returned by ``flow(..., return_state=True)``."""
+    return state.state_details.flow_run_id
+
+
+def task_runs(flow_run: UUID, timeout_s: float = 30.0) -> list:
+    """Task runs of a finished flow run, read back from the API (oldest first).
+
+    The server records task run states from events, after the flow has returned; this waits
+    (bounded) until every task run it knows has a final state and the same runs are seen twice.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + timeout_s
+    previous: list | None = None
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+        settled = all(run.state is not None and run.state.is_final() for run in runs)
+        seen = [(run.id, run.state.name if run.state else None, run.run_count) for run in runs]
+        if settled and previous == seen:
+            return runs
+        assert time.monotonic() < deadline, f"task runs of {flow_run} did not settle: {seen}"
+        previous = seen if settled else None
+        time.sleep(0.1)
+
+
+def task_state_names(flow_run: UUID, task_name_prefix: str = "") -> list[str]:
+    """State names (``Completed``, ``Cached``, ``Failed``...) of a flow run's task runs."""
+    return [run.state.name for run in task_runs(flow_run) if run.name.startswith(task_name_prefix)]
+
+
+def stage_requests(stages: list[dict[str, Any]], **shared: Any) -> dict[str, Any]:
+    """A pipeline request body with the short stage settings on every stage."""
+    body: dict[str, Any] = {"caption": "warm piano ballad with soft drums", "keyscale": "D minor", "bpm": 96}
+    body.update(shared)
+    body["stages"] = [{**SHORT_STAGE, **stage} for stage in stages]
+    return body
