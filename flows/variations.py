@@ -86,12 +86,13 @@ def plan_variations(
             first = draw_base_seed(request.seed)
             seeds = [(first + index * request.batch_size) % (MAX_SEED + 1) for index in range(count)]
         overrides = [{"seed": seed} for seed in seeds]
+    source = "param_sets" if param_sets is not None else "seeds"
     variations = []
     for index, override in enumerate(overrides):
         try:
             candidate = GenerateRequest.model_validate({**base, **override})
         except ValidationError as error:
-            raise InvalidStageRequest(f"param_sets[{index}] {override}: {error}") from error
+            raise InvalidStageRequest(f"{source}[{index}] {override}: {error}") from error
         changes = _changes(base, candidate.model_dump(mode="json")) if param_sets is not None else dict(override)
         variations.append(Variation(index=index, changes=changes, params=custom_to_params(candidate)))
     stage_types = sorted({variation.params.stage_type for variation in variations})

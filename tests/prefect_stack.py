@@ -113,23 +113,31 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
 
 
 class Api:
-    """The few REST calls the tests check results with."""
+    """The few REST calls the tests check results with. A busy server (SQLite locked under load)
+    answers 503 or 429; like Prefect's own client, those are retried with a short backoff."""
+
+    BUSY = frozenset({429, 503})
 
     def __init__(self, url: str) -> None:
         self.client = httpx.Client(base_url=url, timeout=30)
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.client.post(path, json=body)
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(8):
+            response = self.client.request(method, path, **kwargs)
+            if response.status_code not in self.BUSY:
+                break
+            time.sleep(0.25 * 2**attempt)
         response.raise_for_status()
-        return response.json()
+        return response
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._send("POST", path, json=body).json()
 
     def get(self, path: str) -> Any:
-        response = self.client.get(path)
-        response.raise_for_status()
-        return response.json()
+        return self._send("GET", path).json()
 
     def delete(self, path: str) -> None:
-        self.client.delete(path).raise_for_status()
+        self._send("DELETE", path)
 
     def deployment(self, flow_name: str, name: str) -> dict[str, Any]:
         return self.get(f"/deployments/name/{flow_name}/{name}")

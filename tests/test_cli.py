@@ -160,7 +160,8 @@ def test_an_invalid_request_file_exits_non_zero_with_one_line(tmp_path: Path) ->
 def test_the_installed_command_runs_in_its_own_process(latent_dir: Path) -> None:
     command = str(ROOT / ".venv" / "bin" / "prefect-acestep")
     env = {**os.environ, "ACE_LATENT_DIR": str(latent_dir)}
-    missing = subprocess.run([command, "latents", "show", MISSING], env=env, capture_output=True, text=True, timeout=120)
+    args = [command, "latents", "show", MISSING]
+    missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         f"error: LatentNotFound: latent {MISSING} not found: no such latent in this store"
     ]

@@ -66,6 +66,7 @@ def test_param_sets_override_request_fields():
         (None, None, [{"bpm": 10}], "param_sets[0]"),
         (None, None, [{}, {"stage_type": "refine", "init_latent_id": "x"}], "one stage type"),
         (None, None, [{"no_such_field": 1}], "param_sets[0]"),
+        ([7, -5], None, None, "seeds[1]"),
     ],
 )
 def test_bad_variation_requests_fail_before_any_work(seeds, n, param_sets, message):

@@ -124,11 +124,12 @@ def test_dask_workers_serialize_on_a_gpu_limit_of_one(cluster, gpu_limit, tmp_pa
     finally:
         torch.set_num_threads(threads)
 
-    # Without it: the same work overlaps across the two processes (so the check above can fail).
+    # Without it both processes still do the work; whether their calls overlap then is up to the
+    # scheduler and the machine's load, so it is not asserted (it made this test flaky on 2 cores).
     log.unlink()
     _run(client, tmp_path, "free", seeds=[41, 42, 43, 44])
-    pids, overlaps = _cross_process_overlaps(log)
-    assert len(pids) == 2 and overlaps > 0
+    pids, _ = _cross_process_overlaps(log)
+    assert len(pids) == 2
 
 
 def test_use_dask_builds_its_own_local_cluster(prefect_server, tmp_path, monkeypatch):
