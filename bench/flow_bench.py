@@ -24,6 +24,7 @@ Run: .venv/bin/python bench/flow_bench.py [--repeats N] [--duration SECONDS] [--
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
@@ -38,10 +39,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="flow-bench-home-"))
+if "PREFECT_HOME" not in os.environ:  # a private Prefect home, removed at exit
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="flow-bench-home-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ["ACE_LATENT_DIR"] = tempfile.mkdtemp(prefix="flow-bench-latents-")
 
 import httpx  # noqa: E402
 from prefect import flow, task  # noqa: E402
@@ -197,10 +199,11 @@ def heartbeats(on: bool) -> Iterator[None]:
         yield
 
 
-def measure(repeats: int, duration: float, seeds: Iterator[int], heartbeat: bool, api: ApiClock) -> dict[str, float]:
+def measure(
+    repeats: int, duration: float, seeds: Iterator[int], heartbeat: bool, api: ApiClock, out: str
+) -> dict[str, float]:
     model = load_backend(BACKEND, variant="turbo")
     assert isinstance(model, CountingBackend)
-    out = tempfile.mkdtemp(prefix="flow-bench-audio-")
     direct_s, first, second, empty, tasks = [], [], [], [], []
     first_calls: list[int] = []
     second_calls: Counter[str] = Counter()
@@ -345,12 +348,16 @@ def main() -> None:
     if args.server == "both" and pg_bin() is None:
         print("postgres server: skipped (PostgreSQL is not installed: no initdb on PATH)")
         names.remove("postgres")
-    for name in names:
-        with SERVERS[name]():
-            measure(1, args.duration, seeds, False, api)  # warm up: imports, backend, server caches
-            report(f"{name} server, Prefect defaults (flow heartbeats on)",
-                   measure(args.repeats, args.duration, seeds, True, api))  # fmt: skip
-            report(f"{name} server, flow heartbeats off", measure(args.repeats, args.duration, seeds, False, api))
+    with tempfile.TemporaryDirectory(prefix="flow-bench-") as work:
+        os.environ["ACE_LATENT_DIR"] = str(Path(work) / "latents")  # the flows' default store
+        out = str(Path(work) / "audio")
+        for name in names:
+            with SERVERS[name]():
+                measure(1, args.duration, seeds, False, api, out)  # warm up: imports, backend, server caches
+                report(f"{name} server, Prefect defaults (flow heartbeats on)",
+                       measure(args.repeats, args.duration, seeds, True, api, out))  # fmt: skip
+                report(f"{name} server, flow heartbeats off",
+                       measure(args.repeats, args.duration, seeds, False, api, out))  # fmt: skip
 
 
 if __name__ == "__main__":

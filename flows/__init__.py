@@ -7,4 +7,4 @@ from flows.replay import replay_flow
 from flows.simple import simple_flow
 from flows.variations import variations_flow
 
-__all__ = ["gc_flow", "generate_flow", "pipeline_flow", "replay_flow", "simple_flow"]
+__all__ = ["gc_flow", "generate_flow", "pipeline_flow", "replay_flow", "simple_flow", "variations_flow"]

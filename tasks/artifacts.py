@@ -35,11 +35,11 @@ def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
                 "seed": result.seed,
                 "steps": f"{result.start_step}..{result.total_steps}",
                 "t_start": round(result.t_start, 4),
-                "checkpoints": ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) or "-",
+                "checkpoints": ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) or "none",
                 "diffusion_s": round(result.timings.get("diffusion", 0.0), 3),
                 "total_s": round(sum(result.timings.values()), 3),
                 "backend": f"{result.backend.name}/{result.backend.variant}",
-                "audio": result.audio_path or "-",
+                "audio": "not decoded" if result.audio_path is None else result.audio_path,
             }
         )
     return rows

@@ -215,11 +215,11 @@ def test_latents_survive_a_restart(tmp_path: Path, latent_dir: Path) -> None:
 
 def test_ttl_removes_and_pins_keep(tmp_path: Path) -> None:
     name = f"short-ttl-{time.monotonic_ns()}"
-    AceLatentStore(root=str(tmp_path / "short"), ttl_hours=3 / 3600).save(name)
+    AceLatentStore(root=str(tmp_path / "short"), ttl_hours=5 / 3600).save(name)
     latents = AceLatentStore.load(name).get_store()
-    kept = generate_flow(custom(seed=31), store=name, out_dir=str(tmp_path))[0]
-    latents.pin(kept.latent_id)
     dropped = generate_flow(custom(seed=32, checkpoint_steps=[2]), store=name, out_dir=str(tmp_path))[0]
+    kept = generate_flow(custom(seed=31), store=name, out_dir=str(tmp_path))[0]
+    latents.pin(kept.latent_id)  # well within its 5 s
     expires = latents.record(dropped.latent_id).expires_at
     assert latents.record(kept.latent_id).expires_at is None  # pinned: never expires
     time.sleep(max(0.0, expires.timestamp() - time.time()) + 0.1)
