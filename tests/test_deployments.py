@@ -144,7 +144,7 @@ def test_deploy_work_pool_worker_and_pipeline_run(stack):
     for latent_id in ids["generate"] + ids["refine"]:
         assert f"`{latent_id}`" in summary[0]["data"]
     checkpoints = [row["checkpoints"] for a in artifacts if a["type"] == "table" for row in table_rows(a)]
-    checkpoint_ids = re.findall(r"4: (\w+)", checkpoints[0] + checkpoints[1])
+    checkpoint_ids = re.findall(r"4: (\w+)", " ".join(checkpoints[:2]))
     assert len(checkpoint_ids) == 1
     _check_stored(root / "worker-latents", ids["generate"] + ids["refine"] + checkpoint_ids, flow_run_id)
     audio = sorted((root / "worker-audio").glob("*.wav"))
