@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from stages.backends.acestep import AceStepBackend
-from stages.backends.acestep.tiny import build_tiny_checkpoint
-from stages.backends.protocol import FRAME_RATE, LATENT_DIM, ConditionSpec
-from stages.engine.loop import LoopRequest, LoopResult, run_loop
+from prefect_acestep.stages.backends.acestep import AceStepBackend
+from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint
+from prefect_acestep.stages.backends.protocol import FRAME_RATE, LATENT_DIM, ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopResult, run_loop
 
 CAPTION = "energetic synth-pop with punchy drums, bright lead synth and a warm bass line"
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.protocol import ConditionSpec
-from stages.engine.loop import LoopRequest, LoopState, run_loop
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, run_loop
 
 SECONDS = 30.0
 FRAMES = int(SECONDS * 25)

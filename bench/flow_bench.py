@@ -51,13 +51,13 @@ from prefect.client.base import PrefectHttpxAsyncClient, PrefectHttpxSyncClient 
 from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from flows import pipeline_flow  # noqa: E402
-from stages.backends.embedded import EmbeddedBackend  # noqa: E402
-from stages.backends.registry import load_backend, register_backend  # noqa: E402
-from stages.decode import decode_latent  # noqa: E402
-from stages.requests import PipelineRequest  # noqa: E402
-from stages.runner import run_stage  # noqa: E402
-from tasks.blocks import AceLatentStore  # noqa: E402
+from prefect_acestep import pipeline_flow  # noqa: E402
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend  # noqa: E402
+from prefect_acestep.stages.backends.registry import load_backend, register_backend  # noqa: E402
+from prefect_acestep.stages.decode import decode_latent  # noqa: E402
+from prefect_acestep.stages.requests import PipelineRequest  # noqa: E402
+from prefect_acestep.stages.runner import run_stage  # noqa: E402
+from prefect_acestep.tasks.blocks import AceLatentStore  # noqa: E402
 
 BACKEND = "bench-counting"
 STAGES = 3

@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 from distributed import Client
 
-from flows.variations import local_cluster, variations_flow
-from stages.conversions import custom_to_params
-from stages.decode import decode_latent
-from stages.requests import GenerateRequest
-from stages.runner import run_stage
-from stages.store import LatentStore
-from tasks.blocks import LATENT_DIR_ENV, AceLatentStore
-from tasks.scoring import score_file
+from prefect_acestep.flows.variations import local_cluster, variations_flow
+from prefect_acestep.stages.conversions import custom_to_params
+from prefect_acestep.stages.decode import decode_latent
+from prefect_acestep.stages.requests import GenerateRequest
+from prefect_acestep.stages.runner import run_stage
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.blocks import LATENT_DIR_ENV, AceLatentStore
+from prefect_acestep.tasks.scoring import score_file
 
 TARGET = 1.6
 CLUSTER = {"threads_per_worker": 1, "processes": True, "dashboard_address": None}

@@ -27,8 +27,8 @@ import torch
 from loguru import logger
 from safetensors.torch import load_file, save_file
 
-from stages.backends.identity import BackendIdentity
-from stages.store import LatentStore
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.store import LatentStore
 
 BACKEND = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="bench")
 STAGES = ["generate", "refine", "cover", "repaint", "refine"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
-from stages.decode import existing_audio
-from stages.results import StageResult
-from tasks.blocks import AceLatentStore
-from tasks.store_tasks import decode_task
+from prefect_acestep.stages.decode import existing_audio
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.store_tasks import decode_task
 
 AUDIO_DIR_ENV = "ACE_AUDIO_DIR"
 DEFAULT_AUDIO_DIR = "~/.prefect-acestep/audio"

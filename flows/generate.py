@@ -6,13 +6,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import resolve_out_dir, run_id, with_audio
-from stages.conversions import custom_to_params
-from stages.requests import GenerateRequest
-from stages.results import StageResult
-from tasks.artifacts import publish_summary
-from tasks.blocks import AceLatentStore
-from tasks.stage_tasks import stage_task_for
+from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
+from prefect_acestep.stages.conversions import custom_to_params
+from prefect_acestep.stages.requests import GenerateRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.artifacts import publish_summary
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
 def run_custom(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from stages.store import GcReport
-from tasks.blocks import AceLatentStore
-from tasks.store_tasks import gc_task
+from prefect_acestep.stages.store import GcReport
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.store_tasks import gc_task
 
 
 @flow(name="acestep-gc", description="Collect expired latents and evict to the byte budget (pins are kept).")

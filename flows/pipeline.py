@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import resolve_out_dir, run_id, with_audio
-from stages.requests import PipelineRequest
-from stages.results import StageResult
-from tasks.artifacts import publish_summary
-from tasks.blocks import AceLatentStore
-from tasks.stage_tasks import stage_task_for
+from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
+from prefect_acestep.stages.requests import PipelineRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.artifacts import publish_summary
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
 @flow(name="acestep-pipeline", description="Run a linear pipeline of ACE-Step stages over stored latents.")

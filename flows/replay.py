@@ -6,12 +6,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.generate import run_custom
-from stages.conversions import params_to_custom
-from stages.errors import InvalidStageRequest
-from stages.params import StageParams
-from stages.results import StageResult
-from tasks.blocks import AceLatentStore
+from prefect_acestep.flows.generate import run_custom
+from prefect_acestep.stages.conversions import params_to_custom
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.blocks import AceLatentStore
 
 
 @flow(name="acestep-replay", description="Re-run a stored latent's recorded params, optionally with overrides.")

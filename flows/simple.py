@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.generate import run_custom
-from stages.backends.embedded import plan
-from stages.conversions import simple_to_custom
-from stages.requests import GenerateRequest, SimpleRequest
-from stages.results import StageResult
-from tasks.blocks import AceLatentStore
+from prefect_acestep.flows.generate import run_custom
+from prefect_acestep.stages.backends.embedded import plan
+from prefect_acestep.stages.conversions import simple_to_custom
+from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.blocks import AceLatentStore
 
 
 def planned_request(request: SimpleRequest) -> tuple[GenerateRequest, dict]:

@@ -4,7 +4,7 @@ The fan-out is a subflow whose task runner is chosen per run with ``.with_option
 Prefect's default thread pool, or Dask through prefect-dask (a local cluster of worker processes, or
 an existing scheduler's address to scale past one machine). Each variation is a stage task run (so
 it is cached and retried like any stage, and holds the GPU concurrency slot when one is configured)
-followed by a scoring task that decodes its samples and measures them (``tasks.scoring``). The
+followed by a scoring task that decodes its samples and measures them (``prefect_acestep.tasks.scoring``). The
 ranking lands in a table artifact; the flow returns it too.
 """
 
@@ -17,18 +17,18 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from flows.common import resolve_out_dir, run_id
-from stages.conversions import custom_to_params
-from stages.errors import InvalidStageRequest
-from stages.params import MAX_BATCH, MAX_SEED, StageParams
-from stages.requests import GenerateRequest
-from stages.results import StageResult
-from stages.seeds import draw_base_seed
-from tasks.blocks import AceLatentStore
-from tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
-from tasks.stage_tasks import stage_task_for
-from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
-from tasks.store_tasks import decode_task
+from prefect_acestep.flows.common import resolve_out_dir, run_id
+from prefect_acestep.stages.conversions import custom_to_params
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
+from prefect_acestep.stages.requests import GenerateRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.seeds import draw_base_seed
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
+from prefect_acestep.tasks.stage_tasks import stage_task_for
+from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.tasks.store_tasks import decode_task
 
 DEFAULT_COUNT = 4
 MAX_VARIATIONS = MAX_BATCH

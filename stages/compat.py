@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from loguru import logger
 
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import LATENT_DIM
-from stages.errors import IncompatibleLatent
-from stages.records import LatentRecord
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import LATENT_DIM
+from prefect_acestep.stages.errors import IncompatibleLatent
+from prefect_acestep.stages.records import LatentRecord
 
 SAFE_CASTS = frozenset({torch.float16, torch.bfloat16, torch.float64})
 

@@ -15,10 +15,10 @@ from types import MappingProxyType
 
 from pydantic import ValidationError
 
-from stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
-from stages.params import StageParams
-from stages.records import LatentRecord
-from stages.requests import (
+from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.requests import (
     EMPTYABLE_FIELDS,
     STAGE_ONLY_RENAMES,
     GenerateRequest,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.audio import read_audio_metadata, write_audio
-from stages.backends.protocol import Backend
-from stages.backends.registry import load_backend
-from stages.compat import as_float32
-from stages.errors import AudioError, IncompatibleLatent
-from stages.records import LatentRecord
-from stages.store import LatentStore
+from prefect_acestep.stages.audio import read_audio_metadata, write_audio
+from prefect_acestep.stages.backends.protocol import Backend
+from prefect_acestep.stages.backends.registry import load_backend
+from prefect_acestep.stages.compat import as_float32
+from prefect_acestep.stages.errors import AudioError, IncompatibleLatent
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store import LatentStore
 
 
 def backend_of(record: LatentRecord) -> Backend:

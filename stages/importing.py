@@ -11,10 +11,10 @@ import hashlib
 
 import torch
 
-from stages.audio import import_audio
-from stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, Backend
-from stages.errors import AudioError
-from stages.store import LatentStore
+from prefect_acestep.stages.audio import import_audio
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, Backend
+from prefect_acestep.stages.errors import AudioError
+from prefect_acestep.stages.store import LatentStore
 
 
 def import_audio_latent(

@@ -14,8 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from stages.backends.protocol import TRACK_NAMES, ConditionSpec, TaskKind
-from stages.engine.variants import VARIANTS
+from prefect_acestep.stages.backends.protocol import TRACK_NAMES, ConditionSpec, TaskKind
+from prefect_acestep.stages.engine.variants import VARIANTS
 
 StageKind = Literal["generate", "refine", "cover", "repaint", "extract", "lego", "complete"]
 """Stage types that run a diffusion pass (``LatentRecord.stage_type`` adds ``import``)."""
@@ -27,7 +27,7 @@ TRACK_STAGES: frozenset[str] = frozenset({"extract", "lego"})
 """Stages whose instruction names one track, so ``track_name`` is required."""
 
 ModelVariant = Literal["base", "sft", "turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"]
-"""Keys of ``stages.engine.variants.VARIANTS`` (a test keeps the two in step)."""
+"""Keys of ``prefect_acestep.stages.engine.variants.VARIANTS`` (a test keeps the two in step)."""
 
 InferMethod = Literal["ode", "sde"]
 SchedulerName = Literal["linear", "discrete", "continuous"]
@@ -376,7 +376,7 @@ class StageParams(StageFields):
     """The effective parameters of one diffusion pass: what a stage runs with and what a latent records.
 
     Sources follow the precedence ``src_latent_id > src_stage > src_audio_id > noise``
-    (``stages.requests.resolve_source``). Task-specific fields (track names, repaint window, cover
+    (``prefect_acestep.stages.requests.resolve_source``). Task-specific fields (track names, repaint window, cover
     strength) are kept, not rejected, on stages that ignore them, so that switching a stage's type and
     back loses nothing.
     """

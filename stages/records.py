@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.identity import BackendIdentity
 
 StageType = Literal["generate", "refine", "cover", "repaint", "extract", "lego", "complete", "import"]
 """Stage types. ``import`` marks a latent encoded from user audio rather than diffused."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from typing_extensions import Self
 
-from stages.params import (
+from prefect_acestep.stages.params import (
     MAX_STAGES,
     Conditioning,
     DurationField,

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from stages.backends.identity import BackendIdentity
-from stages.params import MAX_SEED, StageParams
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.params import MAX_SEED, StageParams
 
 NonNegativeSeconds = Annotated[float, Field(ge=0.0)]
 

@@ -22,18 +22,18 @@ from typing import Any, Literal
 
 import torch
 
-from stages.backends.protocol import FRAME_RATE, Backend
-from stages.backends.registry import load_backend
-from stages.compat import as_float32, check_source
-from stages.engine.context import output_frames
-from stages.engine.loop import LoopRequest, LoopResult, LoopState, StepInfo, run_loop
-from stages.errors import IncompatibleLatent, InvalidStageRequest
-from stages.params import AUDIO_STAGES, StageParams
-from stages.records import LatentRecord
-from stages.requests import resolve_source
-from stages.results import CheckpointRef, StageResult
-from stages.seeds import draw_base_seed, item_seeds
-from stages.store import LatentStore
+from prefect_acestep.stages.backends.protocol import FRAME_RATE, Backend
+from prefect_acestep.stages.backends.registry import load_backend
+from prefect_acestep.stages.compat import as_float32, check_source
+from prefect_acestep.stages.engine.context import output_frames
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopResult, LoopState, StepInfo, run_loop
+from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest
+from prefect_acestep.stages.params import AUDIO_STAGES, StageParams
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.requests import resolve_source
+from prefect_acestep.stages.results import CheckpointRef, StageResult
+from prefect_acestep.stages.seeds import draw_base_seed, item_seeds
+from prefect_acestep.stages.store import LatentStore
 
 DEFAULT_DURATION_S = 30.0
 """Length of a run from noise when neither the request nor a source gives one."""

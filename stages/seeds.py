@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from stages.params import MAX_SEED
+from prefect_acestep.stages.params import MAX_SEED
 
 
 def draw_base_seed(seed: int) -> int:

@@ -19,9 +19,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from stages.engine.loop import StepInfo
-from stages.params import StageParams
-from stages.results import StageResult
+from prefect_acestep.stages.engine.loop import StepInfo
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.results import StageResult
 
 def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
     """One row per sample: the fields the issue asks for, flattened for the UI's table view."""

@@ -16,12 +16,16 @@ from pydantic import Field
 from prefect.blocks.core import Block
 
 if TYPE_CHECKING:
-    from stages.store import LatentStore
+    from prefect_acestep.stages.store import LatentStore
 
 LATENT_DIR_ENV = "ACE_LATENT_DIR"
 LATENT_TTL_ENV = "ACE_LATENT_TTL_HOURS"
 DEFAULT_LATENT_DIR = Path("~/.prefect-acestep/latents")
 DEFAULT_TTL_HOURS = 24.0
+PROJECT_URL = "https://github.com/prefect-acestep/prefect-acestep"
+RAW_URL = "https://raw.githubusercontent.com/prefect-acestep/prefect-acestep/main"
+LOGO_FILE = "ace-latent-store.png"
+"""The block's logo, beside this module in the repository (the UI loads it from ``_logo_url``)."""
 
 
 class AceLatentStore(Block):
@@ -37,7 +41,17 @@ class AceLatentStore(Block):
     _description: ClassVar[str] = (
         "Persisted ACE-Step latents with provenance, TTL and pins, shared by the stage tasks."
     )
-    _documentation_url: ClassVar[str] = "https://github.com/prefect-acestep/prefect-acestep#latent-store"
+    _documentation_url: ClassVar[str] = f"{PROJECT_URL}#the-latent-store"
+    _logo_url: ClassVar[str] = f"{RAW_URL}/tasks/{LOGO_FILE}"
+    _code_example: ClassVar[str] = """
+        ```python
+        from prefect_acestep import AceLatentStore
+
+        block = AceLatentStore.load("BLOCK_NAME")
+        store = block.get_store()
+        record = store.record("LATENT_ID")
+        ```
+    """
 
     root: str = Field(
         default=str(DEFAULT_LATENT_DIR),
@@ -82,7 +96,7 @@ class AceLatentStore(Block):
         return cls.from_env() if name is None else cls.load(name)
 
     def get_store(self) -> "LatentStore":
-        from stages.store import LatentStore
+        from prefect_acestep.stages.store import LatentStore
 
         return LatentStore(
             self.root, ttl_hours=self.ttl_hours, max_bytes=self.max_bytes, storage_options=self.storage_options

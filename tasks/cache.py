@@ -23,10 +23,10 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from stages.errors import StageError
-from stages.params import StageParams
-from stages.runner import backend_for, source_latent_id
-from stages.store import LatentStore
+from prefect_acestep.stages.errors import StageError
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.runner import backend_for, source_latent_id
+from prefect_acestep.stages.store import LatentStore
 
 CODE_VERSION = f"prefect-acestep/{version('prefect-acestep')}/cache-v1"
 SOURCE_FIELDS = ("src_latent_id", "src_stage", "src_audio_id", "backend")

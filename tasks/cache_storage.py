@@ -13,9 +13,9 @@ machine is a hit on every machine sharing the bucket:
   and options under a name derived from both (``ace-cache-<hash>``) and referenced by slug. Its
   ``settings`` (the store's storage options) are stored unencrypted, which is why credentials in
   the storage options are refused here: give them through the environment or a profile.
-- locks (isolation SERIALIZABLE, so two runs of one key compute once): ``tasks.locking``'s
+- locks (isolation SERIALIZABLE, so two runs of one key compute once): ``prefect_acestep.tasks.locking``'s
   ``StageLockManager`` (Prefect's file locks) in a local directory, for a remote store this host's
-  cache directory (``stages.store.remote.host_cache_dir``). File locks are per host: two hosts racing on the
+  cache directory (``prefect_acestep.stages.store.remote.host_cache_dir``). File locks are per host: two hosts racing on the
   same key may both compute (both results are valid; the last record written wins). For one
   computation across hosts, point ``ACE_CACHE_LOCK_MANAGER`` at a lock manager shared by the hosts,
   such as prefect-redis's ``RedisLockManager`` (see the README).
@@ -36,10 +36,10 @@ from prefect.filesystems import RemoteFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.settings import PREFECT_API_URL
 
-from stages.errors import InvalidStageRequest
-from stages.store.remote import host_cache_dir, split_url
-from tasks.blocks import AceLatentStore
-from tasks.locking import StageLockManager
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.store.remote import host_cache_dir, split_url
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.locking import StageLockManager
 
 CACHE_DIR = ".prefect-cache"
 """Beside the latents: cache records (keys), their results and their locks."""

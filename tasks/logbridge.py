@@ -1,6 +1,6 @@
-"""Engine logs (loguru, in ``stages``) reach the Prefect run's logs.
+"""Engine logs (loguru, in ``prefect_acestep.stages``) reach the Prefect run's logs.
 
-``stages`` must not import Prefect, so it logs with loguru; this sink forwards each record to the
+``prefect_acestep.stages`` must not import Prefect, so it logs with loguru; this sink forwards each record to the
 run logger of the flow or task run active in the calling thread, where the Prefect UI shows it.
 Outside a run the record is left to loguru's other sinks.
 """

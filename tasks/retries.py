@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from stages.errors import StageError, TransientError
+from prefect_acestep.stages.errors import StageError, TransientError
 
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)(RETRIES)

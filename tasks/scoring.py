@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from stages.audio import load_audio
-from stages.errors import InvalidStageRequest
-from stages.params import KEYSCALES
+from prefect_acestep.stages.audio import load_audio
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.params import KEYSCALES
 
 RankMetric = Literal["key_adherence", "loudness"]
 METRIC_DOCS: dict[str, str] = {

@@ -1,6 +1,6 @@
-"""One Prefect task per stage type, all built by one factory around ``stages.runner.run_stage``.
+"""One Prefect task per stage type, all built by one factory around ``prefect_acestep.stages.runner.run_stage``.
 
-A task adds only orchestration: the content-keyed cache (``tasks.cache``) with its records and
+A task adds only orchestration: the content-keyed cache (``prefect_acestep.tasks.cache``) with its records and
 locks beside the latent store, retries for transient failures only, the optional GPU concurrency
 slot, a live progress artifact, a stage table artifact, and run names and tags that say what ran.
 Tasks take IDs and small pydantic models and return ``StageResult``s, never tensors.
@@ -15,16 +15,16 @@ from prefect import Task, task
 from prefect.runtime import task_run as current_task_run
 from prefect.context import FlowRunContext, TaskRunContext
 
-from stages.params import StageKind, StageParams
-from stages.results import StageResult
-from stages.runner import Provenance, run_stage
-from tasks.artifacts import DiffusionProgress, publish_stage_table
-from tasks.blocks import AceLatentStore
-from tasks.cache import StageCachePolicy
-from tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
-from tasks.concurrency import backend_slot, configured_limit
-from tasks.logbridge import install_loguru_bridge
-from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.stages.params import StageKind, StageParams
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.runner import Provenance, run_stage
+from prefect_acestep.tasks.artifacts import DiffusionProgress, publish_stage_table
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.cache import StageCachePolicy
+from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
+from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
+from prefect_acestep.tasks.logbridge import install_loguru_bridge
+from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
 
 install_loguru_bridge()
 

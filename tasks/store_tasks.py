@@ -9,13 +9,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from stages.backends.registry import load_backend
-from stages.decode import decode_latent
-from stages.importing import import_audio_latent
-from stages.store import GcReport
-from tasks.blocks import AceLatentStore
-from tasks.concurrency import backend_slot, configured_limit
-from tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.stages.backends.registry import load_backend
+from prefect_acestep.stages.decode import decode_latent
+from prefect_acestep.stages.importing import import_audio_latent
+from prefect_acestep.stages.store import GcReport
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
+from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
 
 _retrying = dict(
     retries=RETRIES,

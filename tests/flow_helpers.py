@@ -21,8 +21,8 @@ from uuid import UUID
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.registry import load_backend, register_backend
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.registry import load_backend, register_backend
 
 COUNTED = ("encode_condition", "velocity", "vae_encode", "vae_decode", "tokenize", "detokenize")
 CALL_LOG_ENV = "ACE_TEST_CALL_LOG"

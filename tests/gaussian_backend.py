@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
 
 _CODE_LEVELS = 4.0
 """VQ codes are the 5-frame mean quantised to steps of 1/4."""

@@ -22,11 +22,11 @@ pytest.importorskip("transformers", reason="the acestep extra is not installed: 
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from stages.backends.acestep import AceStepBackend  # noqa: E402
-from stages.backends.acestep.digest import SAMPLE_BYTES, file_digest  # noqa: E402
-from stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
-from stages.backends.protocol import Backend, ConditionSpec  # noqa: E402
-from stages.errors import BackendLoadError, InvalidStageRequest  # noqa: E402
+from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
+from prefect_acestep.stages.backends.acestep.digest import SAMPLE_BYTES, file_digest  # noqa: E402
+from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
+from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec  # noqa: E402
+from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 20
@@ -197,8 +197,8 @@ def test_import_needs_no_extra_and_building_names_it() -> None:
     code = (
         "import sys\n"
         "sys.modules['diffusers'] = None\n"  # as if the extra were not installed
-        "import stages.backends.acestep as pkg\n"
-        "from stages.errors import BackendLoadError\n"
+        "import prefect_acestep.stages.backends.acestep as pkg\n"
+        "from prefect_acestep.stages.errors import BackendLoadError\n"
         "try:\n"
         "    pkg.AceStepBackend('/nonexistent')\n"
         "except BackendLoadError as exc:\n"
@@ -336,8 +336,8 @@ def test_vq_bottleneck_matches_the_continuous_path(base: AceStepBackend, source:
 # --- end to end through the shared loop ---------------------------------------------------------
 
 try:
-    from stages.engine import loop
-    from stages.engine.context import window_geometry
+    from prefect_acestep.stages.engine import loop
+    from prefect_acestep.stages.engine.context import window_geometry
 except ImportError:  # the loop is written in parallel; these tests join in once it exists
     loop = None
 needs_loop = pytest.mark.skipif(loop is None, reason="the diffusion loop (stages/engine/loop.py) is not there yet")

@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("diffusers", reason="the acestep extra is not installed: pip install 'prefect-acestep[acestep]'")
 
-from flows import pipeline_flow  # noqa: E402
-from stages.audio import load_audio  # noqa: E402
-from stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
-from stages.requests import PipelineRequest  # noqa: E402
-from stages.store import LatentStore  # noqa: E402
+from prefect_acestep import pipeline_flow  # noqa: E402
+from prefect_acestep.stages.audio import load_audio  # noqa: E402
+from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
+from prefect_acestep.stages.requests import PipelineRequest  # noqa: E402
+from prefect_acestep.stages.store import LatentStore  # noqa: E402
 
 
 def test_every_stage_type_runs_through_the_pipeline_flow(prefect_server, tmp_path, monkeypatch):

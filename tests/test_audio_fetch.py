@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from stages.audio import fetch_audio, import_audio, load_audio
-from stages.errors import AudioError, AudioUnavailable, TransientError
+from prefect_acestep.stages.audio import fetch_audio, import_audio, load_audio
+from prefect_acestep.stages.errors import AudioError, AudioUnavailable, TransientError
 
 SR = 48_000
 

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from stages.audio import load_audio, peak_guard, read_audio_metadata, write_audio
-from stages.errors import AudioError
+from prefect_acestep.stages.audio import load_audio, peak_guard, read_audio_metadata, write_audio
+from prefect_acestep.stages.errors import AudioError
 
 SR = 48_000
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, Backend, ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
-from stages.engine.variants import VARIANTS
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, Backend, ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.engine.variants import VARIANTS
 
 FRAMES = 20
 BATCH = 2
@@ -28,8 +28,8 @@ def _acestep(family: str) -> Callable[[Path], Backend]:
     def build(root: Path) -> Backend:
         pytest.importorskip("diffusers", reason="the acestep extra is not installed")
         pytest.importorskip("transformers", reason="the acestep extra is not installed")
-        from stages.backends.acestep import AceStepBackend
-        from stages.backends.acestep.tiny import build_tiny_checkpoint
+        from prefect_acestep.stages.backends.acestep import AceStepBackend
+        from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint
 
         return AceStepBackend(str(build_tiny_checkpoint(root / family, family)), device="cpu")
 

@@ -17,13 +17,13 @@ import pytest
 
 from prefect import flow
 
-from flows import generate_flow, pipeline_flow
-from stages.audio import load_audio, read_audio_metadata, write_audio
-from stages.params import StageParams
-from stages.requests import GenerateRequest, PipelineRequest
-from stages.store import LatentStore
-from tasks.blocks import AceLatentStore
-from tasks.stage_tasks import CACHE_DIR, stage_task_for
+from prefect_acestep import generate_flow, pipeline_flow
+from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.stage_tasks import CACHE_DIR, stage_task_for
 from tests.flow_helpers import (
     SHORT_STAGE,
     counting,
@@ -160,9 +160,9 @@ from pathlib import Path
 from tests.flow_helpers import register_counting
 register_counting("counting-race", call_log=Path(sys.argv[1]), velocity_delay_s=0.1)
 from prefect import flow
-from stages.params import StageParams
-from tasks.blocks import AceLatentStore
-from tasks.stage_tasks import stage_task_for
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 @flow
 def race(go: str, ready: str) -> str:

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from stages.audio import load_audio, read_audio_metadata
-from stages.records import LatentRecord
-from stages.requests import GenerateRequest, PipelineStage
-from stages.results import StageResult
-from stages.store import GcReport, LatentStore
+from prefect_acestep.flows.cli import app
+from prefect_acestep.stages.audio import load_audio, read_audio_metadata
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.requests import GenerateRequest, PipelineStage
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.store import GcReport, LatentStore
 from tests.flow_helpers import fast_prefect, latent_dir  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from stages.backends.protocol import TRACK_NAMES
-from stages.conversions import (
+from prefect_acestep.stages.backends.protocol import TRACK_NAMES
+from prefect_acestep.stages.conversions import (
     custom_to_params,
     custom_to_stage,
     params_to_custom,
@@ -20,9 +20,9 @@ from stages.conversions import (
     simple_to_custom,
     stage_to_custom,
 )
-from stages.engine.variants import VARIANTS
-from stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
-from stages.params import (
+from prefect_acestep.stages.engine.variants import VARIANTS
+from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
+from prefect_acestep.stages.params import (
     AUDIO_STAGES,
     KEYSCALES,
     MAX_DURATION_S,
@@ -33,8 +33,8 @@ from stages.params import (
     StageKind,
     StageParams,
 )
-from stages.records import LatentRecord
-from stages.requests import (
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.requests import (
     SHARED_FIELDS,
     GenerateRequest,
     PipelineRequest,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from prefect_stack import REPO, Api, Processes, run_cli, stack_env, start_server, table_rows, wait_for
-from stages.store import LatentStore
+from prefect_acestep.stages.store import LatentStore
 
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 POOL = "acestep-process"

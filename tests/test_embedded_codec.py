@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.embedded.channels import frequency, percussion_channel, pitched_channel
-from stages.backends.embedded.sounds import ONSET, PITCHED_GAIN, partial_phase, register_partials
-from stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.embedded.channels import frequency, percussion_channel, pitched_channel
+from prefect_acestep.stages.backends.embedded.sounds import ONSET, PITCHED_GAIN, partial_phase, register_partials
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 import audio_analysis as aa
 

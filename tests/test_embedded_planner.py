@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from stages.backends.embedded import EmbeddedBackend, SimplePlan, plan
-from stages.backends.embedded.harmony import parse_keyscale, parse_timesignature
-from stages.backends.protocol import ConditionSpec
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend, SimplePlan, plan
+from prefect_acestep.stages.backends.embedded.harmony import parse_keyscale, parse_timesignature
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 
 def test_explicit_metas_win_and_leave_the_caption() -> None:

@@ -11,14 +11,14 @@ import math
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.embedded.condition import build_condition, build_prior
-from stages.backends.embedded.observation import observe
-from stages.backends.embedded.prior import Observation, ScenePrior
-from stages.backends.embedded.vq import cover_reading
-from stages.backends.protocol import ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.embedded.condition import build_condition, build_prior
+from prefect_acestep.stages.backends.embedded.observation import observe
+from prefect_acestep.stages.backends.embedded.prior import Observation, ScenePrior
+from prefect_acestep.stages.backends.embedded.vq import cover_reading
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 CAPTION = "bass, flute and drums"
 

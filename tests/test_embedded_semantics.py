@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.embedded.harmony import parse_keyscale
-from stages.backends.protocol import SAMPLE_RATE, ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.embedded.harmony import parse_keyscale
+from prefect_acestep.stages.backends.protocol import SAMPLE_RATE, ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
 
 import audio_analysis as aa
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.backends.embedded import EmbeddedBackend
-from stages.backends.embedded.channels import percussion_channel, pitched_channel
-from stages.backends.embedded.vq import CHROMA, CODE_WIDTH, ENERGY, LEVELS, cover_reading
-from stages.backends.protocol import ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.embedded.channels import percussion_channel, pitched_channel
+from prefect_acestep.stages.backends.embedded.vq import CHROMA, CODE_WIDTH, ENERGY, LEVELS, cover_reading
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows import gc_flow, generate_flow, pipeline_flow, replay_flow
-from stages.audio import load_audio, read_audio_metadata, write_audio
-from stages.conversions import custom_to_stage, restore, stage_to_custom
-from stages.requests import GenerateRequest, PipelineRequest
-from stages.results import StageResult
-from stages.store import LatentStore
-from tasks.blocks import AceLatentStore
-from tasks.store_tasks import import_audio_task
+from prefect_acestep import gc_flow, generate_flow, pipeline_flow, replay_flow
+from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
+from prefect_acestep.stages.conversions import custom_to_stage, restore, stage_to_custom
+from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.store_tasks import import_audio_task
 from tests.flow_helpers import (
     SHORT_STAGE,
     counting,
@@ -199,8 +199,8 @@ def test_latents_survive_a_restart(tmp_path: Path, latent_dir: Path) -> None:
     digest = store().record(result.latent_id).digest
     (latent_dir / "index.sqlite3").unlink()  # even the index is rebuilt from the files
     script = (
-        "import sys; from stages.store import LatentStore; from stages.runner import run_stage; "
-        "from stages.params import StageParams; s = LatentStore(sys.argv[1]); r = s.record(sys.argv[2]); "
+        "import sys; from prefect_acestep.stages.store import LatentStore; from prefect_acestep.stages.runner import run_stage; "
+        "from prefect_acestep.stages.params import StageParams; s = LatentStore(sys.argv[1]); r = s.record(sys.argv[2]); "
         "s.get(sys.argv[2]); "
         "[out] = run_stage(StageParams(stage_type='refine', src_latent_id=sys.argv[2], t_start=0.5, seed=1, "
         "inference_steps=4), s); print(r.digest, s.record(out.latent_id).parent_ids[0])"

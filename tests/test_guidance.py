@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.engine.guidance import ADG_ANGLE_CLIP, APG_MOMENTUM, adg, apg
+from prefect_acestep.stages.engine.guidance import ADG_ANGLE_CLIP, APG_MOMENTUM, adg, apg
 
 
 def _tensors(seed: int, shape=(2, 40, 8), scale_uncond=1.0):

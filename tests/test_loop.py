@@ -9,11 +9,11 @@ import pytest
 import torch
 from gaussian_backend import GaussianBackend
 
-from stages.backends.protocol import ConditionSpec
-from stages.engine.guidance import apg
-from stages.engine.loop import LoopRequest, StepInfo, run_loop
-from stages.engine.schedules import shifted_linear, turbo_table
-from stages.errors import DiffusionError, InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.guidance import apg
+from prefect_acestep.stages.engine.loop import LoopRequest, StepInfo, run_loop
+from prefect_acestep.stages.engine.schedules import shifted_linear, turbo_table
+from prefect_acestep.stages.errors import DiffusionError, InvalidStageRequest
 
 T2M = ConditionSpec(task="text2music", caption="warm jazz trio", bpm=96, keyscale="F major")
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from gaussian_backend import GaussianBackend
 
-from stages.backends.protocol import Backend, ConditionSpec
-from stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
 
 FACTORIES: dict[str, Callable[[str], Backend]] = {
     "gaussian": lambda variant: GaussianBackend(variant=variant),

@@ -9,10 +9,10 @@ import pytest
 import torch
 from gaussian_backend import GaussianBackend
 
-from stages.backends.protocol import ConditionSpec
-from stages.engine.loop import LoopRequest, LoopState, run_loop
-from stages.engine.schedules import turbo_table
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, run_loop
+from prefect_acestep.stages.engine.schedules import turbo_table
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 CAPTION = dict(caption="lofi piano", bpm=80, keyscale="D minor")
 T2M = ConditionSpec(task="text2music", **CAPTION)

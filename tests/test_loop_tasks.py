@@ -9,10 +9,10 @@ import pytest
 import torch
 from gaussian_backend import Call, GaussianBackend
 
-from stages.backends.protocol import ConditionSpec
-from stages.engine.context import output_frames, window_geometry
-from stages.engine.loop import LoopRequest, run_loop
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.context import output_frames, window_geometry
+from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 CAPTION = dict(caption="bright synth pop", bpm=120, keyscale="A minor")
 COVER = ConditionSpec(task="cover", **CAPTION)

@@ -11,12 +11,12 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import TRACK_NAMES
-from stages.engine.variants import VARIANTS
-from stages.params import AUDIO_STAGES, KEYSCALES, ModelVariant, StageKind, StageParams
-from stages.records import StageType
-from stages.requests import (
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import TRACK_NAMES
+from prefect_acestep.stages.engine.variants import VARIANTS
+from prefect_acestep.stages.params import AUDIO_STAGES, KEYSCALES, ModelVariant, StageKind, StageParams
+from prefect_acestep.stages.records import StageType
+from prefect_acestep.stages.requests import (
     SHARED_FIELDS,
     GenerateRequest,
     PipelineRequest,
@@ -25,7 +25,7 @@ from stages.requests import (
     StageSource,
     resolve_source,
 )
-from stages.results import CheckpointRef, StageResult
+from prefect_acestep.stages.results import CheckpointRef, StageResult
 
 MY_MODULES = ["params.py", "requests.py", "conversions.py", "results.py"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.conversions import custom_to_params, restore
-from stages.errors import IncompatibleLatent, InvalidStageRequest, LatentDeleted, LatentExpired, LatentNotFound
-from stages.params import StageParams
-from stages.runner import GENERATOR_STATES_KEY, MOMENTUM_KEY, Provenance, run_stage
-from stages.store import LatentStore
+from prefect_acestep.stages.conversions import custom_to_params, restore
+from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentDeleted, LatentExpired, LatentNotFound
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.runner import GENERATOR_STATES_KEY, MOMENTUM_KEY, Provenance, run_stage
+from prefect_acestep.stages.store import LatentStore
 from tests.flow_helpers import SHORT_STAGE, counting, register_counting
 
 BACKEND = "counting-runner"
@@ -78,8 +78,8 @@ def test_cover_from_a_latent_goes_through_audio_and_the_vq_bottleneck(store: Lat
 
 
 def test_cover_from_imported_audio_skips_the_round_trip(store: LatentStore, tmp_path: Path) -> None:
-    from stages.audio import write_audio
-    from stages.importing import import_audio_latent
+    from prefect_acestep.stages.audio import write_audio
+    from prefect_acestep.stages.importing import import_audio_latent
 
     t = torch.arange(2 * 48_000) / 48_000
     tone = torch.stack([torch.sin(2 * torch.pi * 220 * t), torch.sin(2 * torch.pi * 330 * t)]) * 0.3

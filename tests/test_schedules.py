@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.engine.schedules import (
+from prefect_acestep.stages.engine.schedules import (
     TURBO_VALID_TIMESTEPS,
     place_level,
     resolve_schedule,
@@ -13,8 +13,8 @@ from stages.engine.schedules import (
     start_index,
     turbo_table,
 )
-from stages.engine.variants import VARIANTS, get_variant
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.engine.variants import VARIANTS, get_variant
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 # Upstream's hard-coded turbo tables (acestep-v15-turbo), as literals.
 UPSTREAM_TURBO = {

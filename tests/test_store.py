@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from stages.backends.identity import BackendIdentity
-from stages.errors import (
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.errors import (
     InvalidLatentId,
     InvalidStageRequest,
     LatentCorrupt,
@@ -23,10 +23,10 @@ from stages.errors import (
     StageError,
     StoreBusy,
 )
-from stages.records import LatentRecord
-from stages.store import GcReport, LatentStore, journal
-from stages.store.files import split_header
-from stages.store.fs import LocalFileSystem
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store import GcReport, LatentStore, journal
+from prefect_acestep.stages.store.files import split_header
+from prefect_acestep.stages.store.fs import LocalFileSystem
 
 TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
 SFT = BackendIdentity(name="embedded", variant="sft", latent_space="ace15", weights_digest="def")

@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from stages.backends.identity import BackendIdentity
-from stages.errors import BundleError, LatentDeleted, LatentExpired, LatentNotFound
-from stages.store import LatentStore
-from stages.store.files import split_header, tensor_digest
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.errors import BundleError, LatentDeleted, LatentExpired, LatentNotFound
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.stages.store.files import split_header, tensor_digest
 
 TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
 

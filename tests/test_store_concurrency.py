@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from stages.errors import LatentDeleted
-from stages.store import LatentStore
+from prefect_acestep.stages.errors import LatentDeleted
+from prefect_acestep.stages.store import LatentStore
 
 PUTS_PER_WRITER = 60
 
@@ -61,7 +61,7 @@ def test_two_writers_and_a_gc_lose_nothing_and_never_remove_pins(tmp_path: Path)
     root = tmp_path / "store"
     LatentStore(root).close()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "stages.store", __name__])
+    context.set_forkserver_preload(["torch", "prefect_acestep.stages.store", __name__])
     stop = tmp_path / "stop"
     writers = [
         context.Process(target=_writer, args=(str(root), str(tmp_path / f"w{n}.log"), f"w{n}")) for n in range(2)

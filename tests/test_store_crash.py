@@ -20,8 +20,8 @@ import pytest
 import torch
 from loguru import logger
 
-from stages.errors import LatentDeleted
-from stages.store import LatentStore
+from prefect_acestep.stages.errors import LatentDeleted
+from prefect_acestep.stages.store import LatentStore
 
 ROUNDS = 50
 
@@ -123,7 +123,7 @@ def test_sigkill_at_random_points_never_breaks_the_store(tmp_path: Path) -> None
     LatentStore(root).close()
     log_path.touch()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "stages.store", __name__])
+    context.set_forkserver_preload(["torch", "prefect_acestep.stages.store", __name__])
     rng = random.Random(1234)
     expect = Expectations()
     temp_leftovers = 0

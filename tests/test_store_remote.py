@@ -22,7 +22,7 @@ import fsspec
 import pytest
 import torch
 
-from stages.errors import (
+from prefect_acestep.stages.errors import (
     BundleError,
     InvalidLatentId,
     InvalidStageRequest,
@@ -32,8 +32,8 @@ from stages.errors import (
     LatentNotFound,
     StoreBusy,
 )
-from stages.store import LatentStore, journal
-from stages.store.files import split_header
+from prefect_acestep.stages.store import LatentStore, journal
+from prefect_acestep.stages.store.files import split_header
 from tests.s3_server import DUMMY_AWS_ENV, new_bucket, s3_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,7 +299,7 @@ def test_endpoint_from_the_environment(endpoint: str, tmp_path: Path, monkeypatc
 
 HOLDER = """
 import sys, time
-from stages.store import LatentStore
+from prefect_acestep.stages.store import LatentStore
 store = LatentStore(sys.argv[1], storage_options={"endpoint_url": sys.argv[2]}, index_dir=sys.argv[3], lease_s=1.0)
 with store._lock.held():
     print("held", flush=True)

@@ -16,8 +16,8 @@ import pytest
 import torch
 from loguru import logger
 
-from stages.errors import LatentDeleted
-from stages.store import LatentStore
+from prefect_acestep.stages.errors import LatentDeleted
+from prefect_acestep.stages.store import LatentStore
 from tests.s3_server import DUMMY_AWS_ENV, new_bucket, s3_server
 
 PUTS_PER_WORKER = 30
@@ -78,7 +78,7 @@ def bucket_url() -> Any:
 def test_two_workers_on_one_bucket_lose_nothing_and_never_remove_pins(bucket_url: Any, tmp_path: Path) -> None:
     url, options = bucket_url
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "stages.store", __name__])
+    context.set_forkserver_preload(["torch", "prefect_acestep.stages.store", __name__])
     workers = [
         context.Process(target=_worker, args=(url, options, str(tmp_path / f"index{n}"), str(tmp_path), n))
         for n in range(2)

@@ -16,16 +16,16 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterTaskRunId
 from prefect.logging.handlers import APILogHandler
 
-from flows import generate_flow, pipeline_flow
-from stages.errors import InvalidStageRequest, TransientError
-from stages.params import StageParams
-from stages.requests import GenerateRequest, PipelineRequest
-from stages.results import StageResult
-from stages.store import LatentStore
-from tasks.blocks import AceLatentStore
-from tasks.concurrency import GPU_LIMIT_ENV
-from tasks.stage_tasks import stage_task_for
-from tasks.store_tasks import decode_task, import_audio_task
+from prefect_acestep import generate_flow, pipeline_flow
+from prefect_acestep.stages.errors import InvalidStageRequest, TransientError
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.concurrency import GPU_LIMIT_ENV
+from prefect_acestep.tasks.stage_tasks import stage_task_for
+from prefect_acestep.tasks.store_tasks import decode_task, import_audio_task
 from tests.flow_helpers import (
     SHORT_STAGE,
     counting,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from prefect_stack import REPO, Api, Processes, free_port, run_cli, stack_env, wait_for
-from stages.requests import PipelineRequest, PipelineStage
+from prefect_acestep.stages.requests import PipelineRequest, PipelineStage
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "test-output" / "ui"
@@ -157,7 +157,7 @@ def test_artifacts_show_the_latent_ids(ui_stack, browser):
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from stages.store import LatentStore
+    from prefect_acestep.stages.store import LatentStore
 
     base, root, _, hops = ui_stack
     latent_ids = [hop[0]["latent_id"] for hop in hops]

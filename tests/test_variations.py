@@ -12,12 +12,12 @@ import torch
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.variations import plan_variations, variations_flow
-from stages.audio import write_audio
-from stages.errors import InvalidStageRequest
-from stages.requests import GenerateRequest
-from stages.store import LatentStore
-from tasks.scoring import key_adherence, loudness_dbfs, scale_pitch_classes, score_file
+from prefect_acestep.flows.variations import plan_variations, variations_flow
+from prefect_acestep.stages.audio import write_audio
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.requests import GenerateRequest
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.scoring import key_adherence, loudness_dbfs, scale_pitch_classes, score_file
 
 SR = 48_000
 REQUEST = GenerateRequest(caption="dreamy synth pads over a slow pulse", keyscale="A minor", bpm=80,

@@ -22,11 +22,11 @@ from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from flow_helpers import read_call_log, register_counting
-from flows.variations import local_cluster, variations_flow
-from stages.requests import GenerateRequest
-from stages.runner import run_stage
-from stages.store import LatentStore
-from tasks.concurrency import GPU_LIMIT_ENV
+from prefect_acestep.flows.variations import local_cluster, variations_flow
+from prefect_acestep.stages.requests import GenerateRequest
+from prefect_acestep.stages.runner import run_stage
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.concurrency import GPU_LIMIT_ENV
 
 BACKEND = "counting-dask"
 DELAY_S = 0.2

@@ -5,6 +5,6 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from flows.cli.app import app  # noqa: E402
+from prefect_acestep.flows.cli.app import app  # noqa: E402
 
 __all__ = ["app"]

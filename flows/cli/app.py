@@ -11,14 +11,14 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import latents
-from flows.cli.demo import run_demo
-from flows.cli.output import emit, table, typed_errors
-from flows.cli.requests import build_request
-from stages.conversions import custom_to_stage, restore
-from stages.decode import decode_latent
-from stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
-from stages.results import StageResult
+from prefect_acestep.flows.cli import latents
+from prefect_acestep.flows.cli.demo import run_demo
+from prefect_acestep.flows.cli.output import emit, table, typed_errors
+from prefect_acestep.flows.cli.requests import build_request
+from prefect_acestep.stages.conversions import custom_to_stage, restore
+from prefect_acestep.stages.decode import decode_latent
+from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
+from prefect_acestep.stages.results import StageResult
 
 app = typer.Typer(
     name="prefect-acestep",
@@ -67,7 +67,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline request file."""
-    from flows.pipeline import pipeline_flow
+    from prefect_acestep.flows.pipeline import pipeline_flow
 
     with typed_errors():
         request = build_request(PipelineRequest, request_file, {})
@@ -93,7 +93,7 @@ def generate(
     as_json: JsonOption = False,
 ) -> None:
     """Run one stage (custom mode), from a request file and/or flags."""
-    from flows.generate import generate_flow
+    from prefect_acestep.flows.generate import generate_flow
 
     with typed_errors():
         request = build_request(
@@ -120,7 +120,7 @@ def simple(
     as_json: JsonOption = False,
 ) -> None:
     """Describe the music; the planner fills the parameters, then one generate stage runs."""
-    from flows.simple import simple_flow
+    from prefect_acestep.flows.simple import simple_flow
 
     with typed_errors():
         request = SimpleRequest(description=description, duration=duration, seed=seed, instrumental=instrumental)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from flows.cli.output import table
-from stages.conversions import restore
-from stages.requests import PipelineRequest
-from stages.results import StageResult
-from tasks.blocks import AceLatentStore
+from prefect_acestep.flows.cli.output import table
+from prefect_acestep.stages.conversions import restore
+from prefect_acestep.stages.requests import PipelineRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.blocks import AceLatentStore
 
 DEMO_REQUEST = PipelineRequest.model_validate(
     {
@@ -59,8 +59,8 @@ class DemoReport(BaseModel):
 
 
 def run_demo(out_dir: str, store: str | None) -> DemoReport:
-    from flows.generate import generate_flow
-    from flows.pipeline import pipeline_flow
+    from prefect_acestep.flows.generate import generate_flow
+    from prefect_acestep.flows.pipeline import pipeline_flow
 
     hops = pipeline_flow(DEMO_REQUEST, store=store, out_dir=out_dir)
     latents = AceLatentStore.resolve(store).get_store()

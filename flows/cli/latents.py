@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.output import emit, table, typed_errors
-from stages.records import LatentRecord
-from tasks.blocks import AceLatentStore
+from prefect_acestep.flows.cli.output import emit, table, typed_errors
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.tasks.blocks import AceLatentStore
 
 app = typer.Typer(help="Browse and manage stored latents.", no_args_is_help=True)
 

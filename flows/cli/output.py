@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from stages.errors import StageError
+from prefect_acestep.stages.errors import StageError
 
 console = Console(stderr=True)
 EXIT_ERROR = 2

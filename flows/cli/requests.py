@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 Model = TypeVar("Model", bound=BaseModel)
 

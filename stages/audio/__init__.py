@@ -3,16 +3,16 @@
 Everything the rest of the project calls is re-exported here; the submodules each do one job.
 """
 
-from stages.audio.convert import clamp, peak_guard, resample, to_stereo
-from stages.audio.fetch import (
+from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from prefect_acestep.stages.audio.fetch import (
     DEFAULT_MAX_BYTES,
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOTAL_TIMEOUT_S,
     fetch_audio,
     import_audio,
 )
-from stages.audio.io import WRITE_FORMATS, load_audio, write_audio
-from stages.audio.metadata import read_audio_metadata
+from prefect_acestep.stages.audio.io import WRITE_FORMATS, load_audio, write_audio
+from prefect_acestep.stages.audio.metadata import read_audio_metadata
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

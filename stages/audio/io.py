@@ -17,11 +17,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from stages.audio.atomic import staged_output
-from stages.audio.convert import clamp, peak_guard, resample, to_stereo
-from stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
-from stages.backends.protocol import SAMPLE_RATE
-from stages.errors import AudioError
+from prefect_acestep.stages.audio.atomic import staged_output
+from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from prefect_acestep.stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
+from prefect_acestep.stages.backends.protocol import SAMPLE_RATE
+from prefect_acestep.stages.errors import AudioError
 
 WRITE_FORMATS: dict[str, tuple[str, str]] = {
     ".wav": ("WAV", "PCM_24"),

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import soundfile as sf
 
-from stages.errors import AudioError
+from prefect_acestep.stages.errors import AudioError
 
 ENVELOPE_KEY = "prefect-acestep"
 SOFTWARE = "prefect-acestep"

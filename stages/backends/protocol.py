@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.identity import BackendIdentity
 
 TaskKind = Literal["text2music", "cover", "repaint", "extract", "lego", "complete"]
 """Conditioning task as the model sees it (generate and refine are both text2music)."""

@@ -8,8 +8,8 @@ from importlib.metadata import entry_points
 from collections.abc import Callable
 from typing import Any
 
-from stages.backends.protocol import Backend
-from stages.errors import BackendNotFound
+from prefect_acestep.stages.backends.protocol import Backend
+from prefect_acestep.stages.errors import BackendNotFound
 
 ENTRY_POINT_GROUP = "prefect_acestep.backends"
 DEFAULT_BACKEND = "embedded"

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from stages.backends.protocol import FRAME_RATE, Backend, ConditionSpec
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import FRAME_RATE, Backend, ConditionSpec
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 SOURCE_TASKS = frozenset({"cover", "repaint", "extract", "lego", "complete"})
 WINDOW_TASKS = frozenset({"repaint", "lego"})

@@ -33,12 +33,12 @@ from typing import Literal
 
 import torch
 
-from stages.backends.protocol import LATENT_DIM, Backend, ConditionSpec
-from stages.engine.context import build_task_context
-from stages.engine.guidance import adg, apg
-from stages.engine.schedules import Schedule, place_level, resolve_schedule, start_index
-from stages.engine.variants import SchedulerMode, Variant, get_variant
-from stages.errors import DiffusionError, InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import LATENT_DIM, Backend, ConditionSpec
+from prefect_acestep.stages.engine.context import build_task_context
+from prefect_acestep.stages.engine.guidance import adg, apg
+from prefect_acestep.stages.engine.schedules import Schedule, place_level, resolve_schedule, start_index
+from prefect_acestep.stages.engine.variants import SchedulerMode, Variant, get_variant
+from prefect_acestep.stages.errors import DiffusionError, InvalidStageRequest
 
 RESUME_T_TOLERANCE = 1e-6
 """A resume's t_start agrees with the checkpoint's level when closer than this."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from stages.engine.variants import SchedulerMode, Variant
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.engine.variants import SchedulerMode, Variant
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 TURBO_STEPS = 8
 TURBO_SHIFTS: tuple[float, ...] = (1.0, 2.0, 3.0)

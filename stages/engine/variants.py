@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stages.backends.protocol import TaskKind
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import TaskKind
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 SchedulerMode = Literal["linear", "discrete", "continuous"]
 

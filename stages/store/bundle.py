@@ -16,11 +16,11 @@ import safetensors.torch
 import torch
 from pydantic import ValidationError
 
-from stages.errors import BundleError, InvalidLatentId
-from stages.records import LatentRecord
-from stages.store.files import check_format, dtype_name, extras_digest, split_header, tensor_digest
-from stages.store.fs import LocalFileSystem
-from stages.store.ids import validate_latent_id
+from prefect_acestep.stages.errors import BundleError, InvalidLatentId
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store.files import check_format, dtype_name, extras_digest, split_header, tensor_digest
+from prefect_acestep.stages.store.fs import LocalFileSystem
+from prefect_acestep.stages.store.ids import validate_latent_id
 
 BUNDLE_FORMAT = "prefect-acestep-bundle"
 BUNDLE_VERSION = "1"

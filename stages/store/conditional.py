@@ -30,7 +30,7 @@ from typing import Any, ContextManager, Protocol
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
-from stages.errors import InvalidStageRequest, StageError
+from prefect_acestep.stages.errors import InvalidStageRequest, StageError
 
 MEMORY_LOCK = threading.RLock()
 """Serializes every operation on fsspec's memory filesystem in this process (see module docstring)."""

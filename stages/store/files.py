@@ -19,9 +19,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from stages.errors import LatentCorrupt
-from stages.records import LatentRecord
-from stages.store.fs import FileSystem
+from prefect_acestep.stages.errors import LatentCorrupt
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store.fs import FileSystem
 
 if sys.byteorder != "little":  # tensors are read in place from little-endian safetensors data
     raise ImportError("the latent store supports little-endian hosts only")

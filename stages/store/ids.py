@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 
-from stages.errors import InvalidLatentId
+from prefect_acestep.stages.errors import InvalidLatentId
 
 MAX_ID_LENGTH = 64
 _ID_PATTERN = re.compile(r"[0-9a-z][0-9a-z_-]*")

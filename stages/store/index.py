@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stages.errors import StoreBusy
-from stages.records import LatentRecord
-from stages.store.journal import RemovalReason
+from prefect_acestep.stages.errors import StoreBusy
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store.journal import RemovalReason
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0

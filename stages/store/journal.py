@@ -24,9 +24,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, cast, get_args
 
-from stages.errors import StageError, StoreBusy
-from stages.store.fs import FileSystem, ObjectFileSystem
-from stages.store.ids import validate_latent_id
+from prefect_acestep.stages.errors import StageError, StoreBusy
+from prefect_acestep.stages.store.fs import FileSystem, ObjectFileSystem
+from prefect_acestep.stages.store.ids import validate_latent_id
 
 JOURNAL = "journal.jsonl"
 SEGMENTS_DIR = "journal"

@@ -34,8 +34,8 @@ from contextlib import contextmanager
 
 from loguru import logger
 
-from stages.errors import StoreBusy
-from stages.store.conditional import ConditionalWrites
+from prefect_acestep.stages.errors import StoreBusy
+from prefect_acestep.stages.store.conditional import ConditionalWrites
 
 DEFAULT_LEASE_S = 30.0
 

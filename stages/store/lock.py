@@ -16,7 +16,7 @@ from pathlib import Path
 
 import filelock
 
-from stages.errors import StoreBusy
+from prefect_acestep.stages.errors import StoreBusy
 
 
 class StoreLock:

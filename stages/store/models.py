@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from stages.records import LatentRecord
-from stages.store.journal import RemovalReason
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store.journal import RemovalReason
 
 
 class RemovedLatent(BaseModel):

@@ -34,8 +34,8 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
-from stages.errors import InvalidStageRequest
-from stages.store.conditional import ConditionalWrites, check_protocol, for_filesystem, verify
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.store.conditional import ConditionalWrites, check_protocol, for_filesystem, verify
 
 INDEX_DIR_ENV = "ACE_INDEX_DIR"
 """Where remote stores keep their per-host index caches (default ``~/.cache/prefect-acestep/index``)."""

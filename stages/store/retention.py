@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from stages.store.index import Row
-from stages.store.journal import RemovalReason
+from prefect_acestep.stages.store.index import Row
+from prefect_acestep.stages.store.journal import RemovalReason
 
 
 def expiry(created_at: datetime, record_ttl_hours: float | None, store_ttl_hours: float) -> datetime:

@@ -36,7 +36,7 @@ import torch
 from loguru import logger
 from pydantic import ValidationError
 
-from stages.errors import (
+from prefect_acestep.stages.errors import (
     BundleError,
     InvalidStageRequest,
     LatentCorrupt,
@@ -44,19 +44,19 @@ from stages.errors import (
     LatentExpired,
     LatentNotFound,
 )
-from stages.records import LatentRecord
-from stages.store import files, journal, sync
-from stages.store.bundle import BundleItem, read_bundle, write_bundle
-from stages.store.files import CORRUPT_DIR, LATENTS_DIR, latent_rel
-from stages.store.fs import FileSystem, LocalFileSystem
-from stages.store.ids import new_latent_id, validate_latent_id
-from stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
-from stages.store.journal import Event, RemovalReason
-from stages.store.lease import DEFAULT_LEASE_S, LeaseLock
-from stages.store.lock import StoreLock
-from stages.store.models import GcReport, Lineage, RemovedLatent
-from stages.store.remote import index_path, local_path_of, open_filesystem, split_url
-from stages.store.retention import expiry, is_expired, plan_gc
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store import files, journal, sync
+from prefect_acestep.stages.store.bundle import BundleItem, read_bundle, write_bundle
+from prefect_acestep.stages.store.files import CORRUPT_DIR, LATENTS_DIR, latent_rel
+from prefect_acestep.stages.store.fs import FileSystem, LocalFileSystem
+from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
+from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
+from prefect_acestep.stages.store.journal import Event, RemovalReason
+from prefect_acestep.stages.store.lease import DEFAULT_LEASE_S, LeaseLock
+from prefect_acestep.stages.store.lock import StoreLock
+from prefect_acestep.stages.store.models import GcReport, Lineage, RemovedLatent
+from prefect_acestep.stages.store.remote import index_path, local_path_of, open_filesystem, split_url
+from prefect_acestep.stages.store.retention import expiry, is_expired, plan_gc
 
 INDEX_FILE = "index.sqlite3"
 LOCK_FILE = ".lock"

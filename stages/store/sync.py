@@ -14,14 +14,14 @@ import time
 
 from loguru import logger
 
-from stages.errors import InvalidLatentId, LatentCorrupt
-from stages.records import LatentRecord
-from stages.store import journal
-from stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_records
-from stages.store.fs import FileSystem
-from stages.store.ids import validate_latent_id
-from stages.store.index import Index, IndexUnreadable, to_epoch
-from stages.store.journal import Event
+from prefect_acestep.stages.errors import InvalidLatentId, LatentCorrupt
+from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.store import journal
+from prefect_acestep.stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_records
+from prefect_acestep.stages.store.fs import FileSystem
+from prefect_acestep.stages.store.ids import validate_latent_id
+from prefect_acestep.stages.store.index import Index, IndexUnreadable, to_epoch
+from prefect_acestep.stages.store.journal import Event
 
 
 def file_ids(fs: FileSystem, known: set[str] | frozenset[str] = frozenset()) -> dict[str, int | None]:

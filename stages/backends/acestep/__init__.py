@@ -5,6 +5,6 @@ a backend is built, and their absence then raises ``BackendLoadError`` with the 
 the ``prefect-acestep[acestep]`` extra.
 """
 
-from stages.backends.acestep.backend import AceStepBackend
+from prefect_acestep.stages.backends.acestep.backend import AceStepBackend
 
 __all__ = ["AceStepBackend"]

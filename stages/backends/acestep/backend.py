@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from stages.backends.acestep import conditioning as cnd
-from stages.backends.acestep.digest import directory_digest, file_digest
-from stages.backends.acestep.loading import (
+from prefect_acestep.stages.backends.acestep import conditioning as cnd
+from prefect_acestep.stages.backends.acestep.digest import directory_digest, file_digest
+from prefect_acestep.stages.backends.acestep.loading import (
     MODULES,
     ROOT_SILENCE,
     VQ_PARTS,
@@ -31,10 +31,10 @@ from stages.backends.acestep.loading import (
     require_extra,
     resolve_dtype,
 )
-from stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
-from stages.errors import BackendLoadError, InvalidStageRequest
+from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
 
 CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
 DEVICE_ENV = "ACESTEP_DEVICE"

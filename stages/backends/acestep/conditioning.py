@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.backends.acestep.loading import MAX_FRAMES, Components
-from stages.backends.protocol import LATENT_DIM, ConditionSpec
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.acestep.loading import MAX_FRAMES, Components
+from prefect_acestep.stages.backends.protocol import LATENT_DIM, ConditionSpec
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 MIN_FRAMES = 128
 TIMBRE_FRAMES = 750

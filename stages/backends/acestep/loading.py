@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, VQ_POOL
-from stages.errors import BackendLoadError
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, VQ_POOL
+from prefect_acestep.stages.errors import BackendLoadError
 
 EXTRA = "prefect-acestep[acestep]"
 MAX_FRAMES = 15_000

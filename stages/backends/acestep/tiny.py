@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from stages.backends.acestep.loading import MAX_FRAMES, require_extra
-from stages.backends.acestep.variant import FAMILIES
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, TRACK_NAMES, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.backends.acestep.loading import MAX_FRAMES, require_extra
+from prefect_acestep.stages.backends.acestep.variant import FAMILIES
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, TRACK_NAMES, VQ_POOL, ConditionSpec
 
 WIDTH = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 SLIDING_WINDOW = 16

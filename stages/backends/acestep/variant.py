@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stages.backends.protocol import TaskKind
-from stages.errors import BackendLoadError, InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import TaskKind
+from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "turbo": ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"),

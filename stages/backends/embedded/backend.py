@@ -12,16 +12,16 @@ from typing import Any
 
 import torch
 
-from stages.backends.embedded import vq
-from stages.backends.embedded.codec import MusicCodec
-from stages.backends.embedded.condition import GUIDED_BLEND, EmbeddedCondition, build_condition, build_prior
-from stages.backends.embedded.condition import null_condition as _null_condition
-from stages.backends.embedded.digest import model_digest
-from stages.backends.embedded.observation import observe
-from stages.backends.identity import BackendIdentity
-from stages.backends.protocol import LATENT_DIM, ConditionSpec, TaskKind
-from stages.engine.variants import VARIANTS
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded import vq
+from prefect_acestep.stages.backends.embedded.codec import MusicCodec
+from prefect_acestep.stages.backends.embedded.condition import GUIDED_BLEND, EmbeddedCondition, build_condition, build_prior
+from prefect_acestep.stages.backends.embedded.condition import null_condition as _null_condition
+from prefect_acestep.stages.backends.embedded.digest import model_digest
+from prefect_acestep.stages.backends.embedded.observation import observe
+from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.backends.protocol import LATENT_DIM, ConditionSpec, TaskKind
+from prefect_acestep.stages.engine.variants import VARIANTS
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 NAME = "embedded"
 LATENT_SPACE = "embedded-music-v1"

@@ -16,9 +16,9 @@ import math
 import numpy as np
 import torch
 
-from stages.backends.embedded.blocksolve import solve_block_tridiagonal
-from stages.backends.embedded.channels import PITCH_CLASSES, PITCHED, frequency
-from stages.backends.embedded.sounds import (
+from prefect_acestep.stages.backends.embedded.blocksolve import solve_block_tridiagonal
+from prefect_acestep.stages.backends.embedded.channels import PITCH_CLASSES, PITCHED, frequency
+from prefect_acestep.stages.backends.embedded.sounds import (
     KERNEL_LENGTH,
     ONSET,
     PITCHED_GAIN,
@@ -28,8 +28,8 @@ from stages.backends.embedded.sounds import (
     register_partials,
     tone_window,
 )
-from stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 SLOTS = 8
 """Basis rows per channel: up to 4 harmonics x (cos, sin); percussion uses slot 0 only."""

@@ -9,7 +9,7 @@ import hashlib
 import json
 from functools import lru_cache
 
-from stages.backends.embedded import channels, codec, condition, harmony, sounds, style, templates, tracks, vq
+from prefect_acestep.stages.backends.embedded import channels, codec, condition, harmony, sounds, style, templates, tracks, vq
 
 MODEL_VERSION = "embedded-music-1"
 

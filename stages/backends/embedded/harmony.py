@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 Mode = Literal["major", "minor"]
 MODES: tuple[Mode, ...] = ("major", "minor")

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from stages.backends.embedded.condition import EmbeddedCondition
-from stages.backends.embedded.prior import Observation
-from stages.backends.embedded.style import DEFAULT_PARTS, Style
-from stages.backends.embedded.tracks import PART_CHANNELS, PARTS, parts_mask, track_parts
+from prefect_acestep.stages.backends.embedded.condition import EmbeddedCondition
+from prefect_acestep.stages.backends.embedded.prior import Observation
+from prefect_acestep.stages.backends.embedded.style import DEFAULT_PARTS, Style
+from prefect_acestep.stages.backends.embedded.tracks import PART_CHANNELS, PARTS, parts_mask, track_parts
 
 PRESENT_LEVEL = 0.15
 """A part plays in the source when one of its channels reaches this amplitude somewhere."""

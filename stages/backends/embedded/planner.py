@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.backends.embedded.harmony import NOTE_NAMES, TEMPO_RANGE, parse_keyscale
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded.harmony import NOTE_NAMES, TEMPO_RANGE, parse_keyscale
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 PLANNER = "embedded-rules-1"
 MAX_DURATION_S = 600.0

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.backends.embedded.channels import PITCH_CLASSES
-from stages.backends.embedded.factors import Factor
-from stages.backends.protocol import LATENT_DIM
+from prefect_acestep.stages.backends.embedded.channels import PITCH_CLASSES
+from prefect_acestep.stages.backends.embedded.factors import Factor
+from prefect_acestep.stages.backends.protocol import LATENT_DIM
 
 
 @dataclass(frozen=True)

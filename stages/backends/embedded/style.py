@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stages.backends.embedded.tracks import PARTS
+from prefect_acestep.stages.backends.embedded.tracks import PARTS
 
 DEFAULT_PARTS = frozenset({"bass", "low", "mid", "lead", "drums"})
 """The band when a caption names no instrument: bass, two comping registers, a lead, drums."""

@@ -15,9 +15,9 @@ from functools import lru_cache
 
 import torch
 
-from stages.backends.embedded.channels import PERCUSSION, PITCH_CLASSES, PITCHED, pitched_channel
-from stages.backends.embedded.factors import Factor, Separable, normalised_log
-from stages.backends.embedded.harmony import (
+from prefect_acestep.stages.backends.embedded.channels import PERCUSSION, PITCH_CLASSES, PITCHED, pitched_channel
+from prefect_acestep.stages.backends.embedded.factors import Factor, Separable, normalised_log
+from prefect_acestep.stages.backends.embedded.harmony import (
     CADENCE_TONIC_WEIGHT,
     CHORD_WEIGHTS,
     DEGREE_WEIGHTS,
@@ -27,10 +27,10 @@ from stages.backends.embedded.harmony import (
     Mode,
     triad,
 )
-from stages.backends.embedded.style import Style
-from stages.backends.embedded.tracks import PART_CHANNELS
-from stages.backends.embedded.vq import CoverCodes
-from stages.backends.protocol import FRAME_RATE, VQ_POOL
+from prefect_acestep.stages.backends.embedded.style import Style
+from prefect_acestep.stages.backends.embedded.tracks import PART_CHANNELS
+from prefect_acestep.stages.backends.embedded.vq import CoverCodes
+from prefect_acestep.stages.backends.protocol import FRAME_RATE, VQ_POOL
 
 PART_AMPLITUDE = {"bass": 1.0, "low": 0.55, "mid": 0.5, "lead": 0.8}
 HARMONY_PARTS = ("bass", "low", "mid")

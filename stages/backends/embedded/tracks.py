@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from stages.backends.embedded.channels import DRUM_KIT, EFFECTS, HAND_PERCUSSION, register_channels
-from stages.backends.protocol import LATENT_DIM, TRACK_NAMES
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded.channels import DRUM_KIT, EFFECTS, HAND_PERCUSSION, register_channels
+from prefect_acestep.stages.backends.protocol import LATENT_DIM, TRACK_NAMES
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 PARTS: tuple[str, ...] = ("bass", "low", "mid", "lead", "drums", "percussion", "fx")
 PITCHED_PARTS: tuple[str, ...] = ("bass", "low", "mid", "lead")

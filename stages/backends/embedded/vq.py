@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.backends.embedded.channels import PITCH_CLASSES
-from stages.backends.embedded.tracks import PART_CHANNELS
-from stages.backends.protocol import LATENT_DIM, VQ_POOL
-from stages.errors import InvalidStageRequest
+from prefect_acestep.stages.backends.embedded.channels import PITCH_CLASSES
+from prefect_acestep.stages.backends.embedded.tracks import PART_CHANNELS
+from prefect_acestep.stages.backends.protocol import LATENT_DIM, VQ_POOL
+from prefect_acestep.stages.errors import InvalidStageRequest
 
 CHROMA_LEVELS = 5
 ENERGY_LEVELS = 8
