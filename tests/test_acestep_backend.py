@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
 from prefect_acestep.stages.backends.acestep.digest import SAMPLE_BYTES, file_digest  # noqa: E402
+from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text  # noqa: E402
 from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec  # noqa: E402
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest  # noqa: E402
@@ -239,7 +240,7 @@ def test_tokenizer_sees_the_reference_formats(base: AceStepBackend) -> None:
         "# Metas\n- bpm: 96\n- timesignature: 4\n- keyscale: A minor\n- duration: 12 seconds\n<|endoftext|>\n"
     )
     assert decode(cond.lyric_ids) == "# Languages\nen\n\n# Lyric\n[Instrumental]<|endoftext|>"
-    assert (cond.prompt_text, cond.lyrics_text) == (spec.prompt_text(), spec.lyrics_text())
+    assert (cond.prompt_text, cond.lyrics_text) == (prompt_text(spec), lyrics_text(spec))
 
 
 def test_condition_batches_and_follows_the_text(base: AceStepBackend) -> None:
@@ -265,7 +266,7 @@ def test_null_condition_is_the_learned_embedding(base: AceStepBackend, turbo: Ac
 def test_base_only_tasks(task: str, base: AceStepBackend, turbo: AceStepBackend) -> None:
     spec = ConditionSpec(task=task, track_names=("drums",))
     assert base.encode_condition(spec, 1).hidden_states.shape[0] == 1
-    with pytest.raises(InvalidStageRequest, match=rf"task: {task} needs the base model.*variant 'turbo'"):
+    with pytest.raises(InvalidStageRequest, match=rf"task: task '{task}' is not supported by variant 'turbo': only base"):
         turbo.encode_condition(spec, 1)
     for allowed in ("text2music", "repaint", "cover"):
         turbo.encode_condition(ConditionSpec(task=allowed), 1)

@@ -11,8 +11,8 @@ import numpy as np
 import soxr
 import torch
 
-from prefect_acestep.stages.backends.protocol import SAMPLE_RATE
 from prefect_acestep.stages.errors import AudioError
+from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 RESAMPLE_QUALITY = "VHQ"
 """soxr's very-high-quality band-limited resampler: source audio is resampled once, on import, and

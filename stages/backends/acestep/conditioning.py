@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from prefect_acestep.stages.backends.acestep.loading import MAX_FRAMES, Components
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, ConditionSpec
+from prefect_acestep.stages.backends.acestep.loading import Components
+from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM, MAX_FRAMES
 
 MIN_FRAMES = 128
 TIMBRE_FRAMES = 750
@@ -67,9 +69,9 @@ def _token_ids(parts: Components, text: str, limit: int, field: str) -> torch.Te
 
 def encode_spec(parts: Components, spec: ConditionSpec, device: torch.device) -> AceStepCondition:
     """The batch-1 condition for ``spec``, with the reference's prompt and lyrics formats."""
-    prompt_text, lyrics_text = spec.prompt_text(), spec.lyrics_text()
-    prompt_ids = _token_ids(parts, prompt_text, MAX_PROMPT_TOKENS, "caption")
-    lyric_ids = _token_ids(parts, lyrics_text, MAX_LYRIC_TOKENS, "lyrics")
+    prompt, lyrics = prompt_text(spec), lyrics_text(spec)
+    prompt_ids = _token_ids(parts, prompt, MAX_PROMPT_TOKENS, "caption")
+    lyric_ids = _token_ids(parts, lyrics, MAX_LYRIC_TOKENS, "lyrics")
     text_hidden = parts.text_encoder(input_ids=prompt_ids.to(device)).last_hidden_state
     lyric_hidden = parts.text_encoder.get_input_embeddings()(lyric_ids.to(device))
     timbre = parts.silence[:TIMBRE_FRAMES].unsqueeze(0)
@@ -81,7 +83,7 @@ def encode_spec(parts: Components, spec: ConditionSpec, device: torch.device) ->
         refer_audio_acoustic_hidden_states_packed=timbre,
         refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=device),
     )
-    return AceStepCondition(hidden, prompt_text, lyrics_text, prompt_ids[0], lyric_ids[0])
+    return AceStepCondition(hidden, prompt, lyrics, prompt_ids[0], lyric_ids[0])
 
 
 def null_of(parts: Components, cond: AceStepCondition) -> AceStepCondition:

@@ -20,8 +20,9 @@ from prefect_acestep.stages.backends.embedded.prior import Scene, ScenePrior
 from prefect_acestep.stages.backends.embedded.style import Style, parse_style
 from prefect_acestep.stages.backends.embedded.templates import Timing, cover_factors, harmony_factor, melody_factor, rhythm_factor
 from prefect_acestep.stages.backends.embedded.vq import CoverCodes
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import FRAME_RATE
 
 TEMPO_CANDIDATES = (80, 100, 120, 140)
 METRE_CANDIDATES = {4: 0.8, 3: 0.2}
