@@ -18,6 +18,6 @@ LATENT_DIM = 64
 VQ_POOL = 5
 """Latent frames pooled into one VQ code (25 Hz -> 5 Hz)."""
 MAX_FRAMES = 15_000
-"""Longest latent the reference handler accepts; also the length of the model's silence latent."""
+"""Longest latent upstream ACE-Step's handler accepts; also the length of the model's silence latent."""
 MAX_DURATION_S = MAX_FRAMES / FRAME_RATE
 """Longest audio a stage makes or reads (600 s)."""

@@ -64,7 +64,7 @@ LEGACY_FIELD_NAMES: dict[str, str] = {
     "checkpoint_step": "checkpoint_steps",
     "model": "variant",
 }
-"""Field names of the ACE-Step web app's request schemas that old requests still send."""
+"""Old field names that requests written for the web-app form of these schemas still send (old -> new)."""
 
 _LEGACY_MODEL_PREFIX = "acestep-v15-"
 

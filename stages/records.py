@@ -1,4 +1,4 @@
-"""The persisted description of one stored latent: its provenance and lifecycle (design invariant 3)."""
+"""The persisted description of one stored latent: everything about how it was made, and its lifecycle."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 It resolves the source by precedence (typed errors, no fallback to noise), checks compatibility,
 prepares the loop's inputs per mode, runs the shared loop, and stores the final latent and every
-checkpoint with full provenance (design invariant 3). The Prefect tasks call exactly this.
+checkpoint with full provenance (backend identity, effective params, seeds, schedule, parents). The
+Prefect tasks call exactly this.
 
 Modes, decided by the source:
 - noise: no source; a fresh run of ``duration`` seconds.
@@ -26,7 +27,7 @@ import torch
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.engine.context import output_frames
-from prefect_acestep.stages.engine.loop import LoopRequest, LoopResult, LoopState, StepInfo, run_loop
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, StepInfo, run_loop
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest
 from prefect_acestep.stages.geometry import FRAME_RATE
 from prefect_acestep.stages.params import StageParams

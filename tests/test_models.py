@@ -312,7 +312,7 @@ def test_each_stage_merges_independently():
 
 
 def test_no_or_fallbacks_in_the_model_modules():
-    """Spec 6: `x or y` treats "" as unset. These modules use no `or` at all."""
+    """`x or y` treats "" as unset, where "" means explicitly empty. These modules use no `or` at all."""
     root = Path(__file__).resolve().parents[1] / "stages"
     for name in MY_MODULES:
         tree = ast.parse((root / name).read_text())

@@ -5,7 +5,7 @@ Flow matching: ``x_t = t * eps + (1 - t) * x0`` (t = 1 is noise), the model pred
 this order) its starting noise and then its SDE noise, so item i of a batch equals a batch-1 run
 with that seed, and a checkpoint can carry the generator states for an exact resume.
 
-Where this differs from upstream ACE-Step on purpose (the reference's listed defects):
+Where this differs from upstream ACE-Step on purpose (each a defect of upstream's loop):
 - partial denoising noises the clean latent to exactly ``schedule[k]`` (upstream: to t_start
   while the loop starts lower), and a t_start with no step left is an error (upstream: full run);
 - SDE noise comes from the seeded generators (upstream: the global RNG) and renoises to the next

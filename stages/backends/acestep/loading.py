@@ -63,7 +63,7 @@ def require_extra() -> None:
 
 
 def resolve_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
-    """bf16 on CUDA and fp32 elsewhere (the reference's choice), unless named explicitly."""
+    """bf16 on CUDA and fp32 elsewhere (upstream's choice), unless named explicitly."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:

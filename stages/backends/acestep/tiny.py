@@ -4,7 +4,7 @@ Every module is the real diffusers/transformers class with hidden sizes of a few
 the same layout a converted checkpoint has, so the tiny model goes through the very loader, digest
 and conditioning code the real one does. Only the latent geometry is full size: ``[B, T, 64]`` at
 25 Hz, 48 kHz stereo, a 1920-sample hop. The tokenizer is a byte-level BPE trained here on the
-reference prompt vocabulary, so nothing is downloaded.
+ACE-Step prompt formats, so nothing is downloaded.
 
 The VAE has its own seed: tiny checkpoints of different variants built with one ``vae_seed`` share
 a latent space, as the real base/sft/turbo checkpoints share their VAE.
