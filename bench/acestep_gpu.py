@@ -26,8 +26,9 @@ import torch
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend
 from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, LATENT_DIM, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, LoopResult, run_loop
+from prefect_acestep.stages.geometry import FRAME_RATE, LATENT_DIM
 
 CAPTION = "energetic synth-pop with punchy drums, bright lead synth and a warm bass line"
 

@@ -1,4 +1,4 @@
-"""Engine benchmark (issue 3): ratios measured in one run, absolute times for information only.
+"""Engine benchmark: ratios measured in one run, absolute times for information only.
 
 1. Realtime factor of the embedded backend: a 30 s, 8-step turbo generate + decode, batch 1
    (target >= 100x realtime).

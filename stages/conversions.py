@@ -1,6 +1,5 @@
-"""Lossless conversions between the modes (spec 6 and Phase 5): simple -> custom, custom -> pipeline
-stage ("add to pipeline"), pipeline stage -> custom ("send to custom"), stored latent -> custom
-("restore").
+"""Lossless conversions between the modes: simple -> custom, custom -> pipeline stage ("add to
+pipeline"), pipeline stage -> custom ("send to custom"), stored latent -> custom ("restore").
 
 ``StageParams`` is the pivot: every conversion goes through it, so a field added to ``StageParams``
 travels through all of them without touching this module. The only renames are the latent source
@@ -71,7 +70,7 @@ def params_to_stage(params: StageParams, *, preview: bool = False) -> PipelineSt
 
 
 def simple_to_custom(request: SimpleRequest) -> GenerateRequest:
-    """Spec 6: the description is the caption; instrumental and vocal language keep their names."""
+    """The description becomes the caption; instrumental and vocal language keep their names."""
     values = request.model_dump(exclude={"description"})
     return GenerateRequest.model_validate({**values, "caption": request.description})
 

@@ -16,15 +16,10 @@ from pathlib import Path
 from prefect_acestep.stages.audio import read_audio_metadata, write_audio
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
-from prefect_acestep.stages.compat import as_float32
 from prefect_acestep.stages.errors import AudioError, IncompatibleLatent
 from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.sources import as_float32
 from prefect_acestep.stages.store import LatentStore
-
-
-def backend_of(record: LatentRecord) -> Backend:
-    """The backend that made ``record`` (loaded once per process)."""
-    return load_backend(record.backend.name, variant=record.backend.variant)
 
 
 def decode_latent(
@@ -40,7 +35,7 @@ def decode_latent(
     """Decode samples of ``latent_id`` (all by default) to ``out_dir/<stem>_<i><suffix>``."""
     record = store.record(latent_id)
     targets = _targets(record, out_dir, sample_indices, suffix, stem)
-    model = backend if backend is not None else backend_of(record)
+    model = backend if backend is not None else load_backend(record.backend.name, variant=record.backend.variant)
     if model.identity.latent_space != record.backend.latent_space:
         raise IncompatibleLatent(latent_id, "latent space", model.identity.latent_space, record.backend.latent_space)
     latents = as_float32(latent_id, store.get(latent_id))

@@ -1,4 +1,4 @@
-"""The canonical parameter set of one diffusion pass (spec 4.1 ``StageParams``) and its vocabularies.
+"""The canonical parameter set of one diffusion pass (``StageParams``) and its field vocabularies.
 
 Every request model (custom, simple, pipeline) is assembled from the field groups defined here, so a
 field's type, bounds and description exist once. The groups are separate classes only so that other
@@ -14,25 +14,18 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from typing_extensions import Self
 
-from prefect_acestep.stages.backends.protocol import TRACK_NAMES, ConditionSpec, TaskKind
-from prefect_acestep.stages.engine.variants import VARIANTS
-
-StageKind = Literal["generate", "refine", "cover", "repaint", "extract", "lego", "complete"]
-"""Stage types that run a diffusion pass (``LatentRecord.stage_type`` adds ``import``)."""
-
-AUDIO_STAGES: frozenset[str] = frozenset({"cover", "repaint", "extract", "lego", "complete"})
-"""Stages conditioned on source audio: they cannot run without a source."""
-
-TRACK_STAGES: frozenset[str] = frozenset({"extract", "lego"})
-"""Stages whose instruction names one track, so ``track_name`` is required."""
-
-ModelVariant = Literal["base", "sft", "turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"]
-"""Keys of ``prefect_acestep.stages.engine.variants.VARIANTS`` (a test keeps the two in step)."""
-
-InferMethod = Literal["ode", "sde"]
-SchedulerName = Literal["linear", "discrete", "continuous"]
-
-TrackName = Literal[TRACK_NAMES]  # type: ignore[valid-type]  # Literal[tuple] spreads the names
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.variants import VARIANTS, InferMethod, SchedulerMode
+from prefect_acestep.stages.geometry import MAX_DURATION_S
+from prefect_acestep.stages.vocabulary import (
+    STAGES,
+    TRACK_NAMES,
+    ModelVariant,
+    StageKind,
+    TaskKind,
+    TrackName,
+    refusal,
+)
 
 VOCAL_LANGUAGES: tuple[str, ...] = (
     "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en",
@@ -63,8 +56,6 @@ DEFAULT_GUIDANCE_SCALE = 7.0
 """ACE-Step's default CFG scale for the guided variants."""
 MAX_BATCH = 64
 MAX_STAGES = 64
-MAX_DURATION_S = 600.0
-"""The reference handler caps latents at 15000 frames (600 s at 25 Hz)."""
 
 LEGACY_FIELD_NAMES: dict[str, str] = {
     "type": "stage_type",
@@ -73,7 +64,7 @@ LEGACY_FIELD_NAMES: dict[str, str] = {
     "checkpoint_step": "checkpoint_steps",
     "model": "variant",
 }
-"""Field names of the web app's schemas (spec 5.1/5.2) that old requests still send."""
+"""Old field names that requests written for the web-app form of these schemas still send (old -> new)."""
 
 _LEGACY_MODEL_PREFIX = "acestep-v15-"
 
@@ -248,7 +239,7 @@ class StageFields(RunSettings, Conditioning):
     )
     seed: SeedField = -1
     infer_method: InferMethod = Field("ode", title="Sampler", description="ode (deterministic Euler) or sde.")
-    scheduler: SchedulerName | None = Field(
+    scheduler: SchedulerMode | None = Field(
         None, title="Scheduler", description="Timestep schedule; None = the variant's own."
     )
     timesteps: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
@@ -290,7 +281,7 @@ class StageFields(RunSettings, Conditioning):
         False,
         title="Allow cross-variant source",
         description="Let a latent made by another variant of the same latent space feed this stage "
-        "(quality is unpredictable; off by default, spec 8).",
+        "(quality is unpredictable; off by default).",
     )
 
     @property
@@ -307,15 +298,17 @@ class StageFields(RunSettings, Conditioning):
 
     @property
     def task(self) -> TaskKind:
-        """The model's task: generate and refine are both text2music."""
-        return "text2music" if self.stage_type in ("generate", "refine") else self.stage_type
+        """The model's task (generate and refine are both text2music)."""
+        return STAGES[self.stage_type].task
 
     def condition_spec(self) -> ConditionSpec:
-        """The structured conditioning; its ``instruction`` is derived here, never set by a user."""
+        """The structured conditioning. The track names reach only stages that name tracks: one
+        ``track_name``, or any number of ``complete_track_classes``."""
         tracks: tuple[str, ...] = ()
-        if self.stage_type in TRACK_STAGES and self.track_name is not None:
+        naming = STAGES[self.stage_type].tracks
+        if naming == "one" and self.track_name is not None:
             tracks = (self.track_name,)
-        elif self.stage_type == "complete":
+        elif naming == "any":
             tracks = tuple(self.complete_track_classes)
         return ConditionSpec(
             task=self.task,
@@ -330,11 +323,6 @@ class StageFields(RunSettings, Conditioning):
             track_names=tracks,
         )
 
-    @property
-    def instruction(self) -> str:
-        """Derived, not a field: the model detects covers from it, so it must always match the task."""
-        return self.condition_spec().instruction
-
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
         problems = self._rule_violations()
@@ -345,15 +333,17 @@ class StageFields(RunSettings, Conditioning):
     def _rule_violations(self) -> list[str]:
         sources = ", ".join(self.SOURCE_FIELDS)
         has_source = any(getattr(self, name) is not None for name in self.SOURCE_FIELDS)
+        stage = STAGES[self.stage_type]
         problems: list[str] = []
-        if self.stage_type in AUDIO_STAGES | {"refine"} and not has_source:
+        if stage.needs_source and not has_source:
             problems.append(f"stage_type {self.stage_type!r} needs a source: set one of {sources}")
         if self.t_start is not None and self.t_start < 1.0 and not has_source:
             problems.append(f"t_start {self.t_start} < 1 partially denoises a source latent: set one of {sources}")
-        if self.stage_type in TRACK_STAGES and self.track_name is None:
+        if stage.tracks == "one" and self.track_name is None:
             problems.append(f"track_name is required for stage_type {self.stage_type!r} (one of {list(TRACK_NAMES)})")
-        if self.task not in VARIANTS[self.variant].tasks:
-            problems.append(f"stage_type {self.stage_type!r} is not supported by variant {self.variant!r}")
+        refused = refusal(self.variant, self.task)
+        if refused is not None:
+            problems.append(f"stage_type {self.stage_type!r}: {refused}")
         if self.repainting_end is not None and self.repainting_end <= self.repainting_start:
             problems.append(
                 f"repainting_end {self.repainting_end} must be greater than repainting_start {self.repainting_start}"

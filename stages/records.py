@@ -1,16 +1,14 @@
-"""The persisted description of one stored latent (spec 4.4, design invariant 3)."""
+"""The persisted description of one stored latent: everything about how it was made, and its lifecycle."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_acestep.stages.backends.identity import BackendIdentity
-
-StageType = Literal["generate", "refine", "cover", "repaint", "extract", "lego", "complete", "import"]
-"""Stage types. ``import`` marks a latent encoded from user audio rather than diffused."""
+from prefect_acestep.stages.vocabulary import StageType
 
 UNKNOWN_BACKEND = BackendIdentity(name="unknown", variant="unknown", latent_space="unknown", weights_digest="")
 

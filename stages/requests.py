@@ -1,7 +1,7 @@
 """Requests of the three modes (custom, simple, pipeline) and the one rule for picking a stage's source.
 
 A pipeline stage stores only what it overrides: every field is ``None`` ("inherit the pipeline's shared
-value, else the default", spec 6) unless set. Fields whose effective value may itself be unset (``bpm``,
+value, else the default") unless set. Fields whose effective value may itself be unset (``bpm``,
 ``duration``, ``track_name``, ...) also take ``""`` = "explicitly unset", so a stage can unset a value the
 pipeline shares; text fields take ``""`` as the empty text. ``PipelineStage`` is derived field by field
 from ``StageParams``, so both always have the same fields, bounds and descriptions.
@@ -36,7 +36,7 @@ SOURCE_PRECEDENCE: tuple[tuple[str, SourceKind], ...] = (
     ("src_stage", "stage"),
     ("src_audio_id", "audio"),
 )
-"""Spec 4.2: ``src_latent_id > src_stage > src_audio_id > noise``."""
+"""Which source field wins when several are set: ``src_latent_id > src_stage > src_audio_id > noise``."""
 
 
 class StageSource(BaseModel):
@@ -71,7 +71,7 @@ SHARED_FIELDS: tuple[str, ...] = tuple(Conditioning.model_fields) + tuple(RunSet
 """Fields a pipeline sets once for all its stages (a stage may override each)."""
 
 STAGE_ONLY_RENAMES: dict[str, str] = {"t_start": "denoise"}
-"""The pipeline calls t_start "denoise" (spec 6); same meaning, same bounds."""
+"""The pipeline calls t_start "denoise"; same meaning, same bounds."""
 
 _RENAMED_TITLES: dict[str, str] = {"denoise": "Denoise (t_start)"}
 
@@ -178,7 +178,7 @@ def _describe(index: int, error: ValidationError) -> list[str]:
 
 
 class GenerateRequest(StageFields):
-    """Custom mode: one stage, optionally resumed from a stored latent (spec 5.1).
+    """Custom mode: one stage, optionally resumed from a stored latent.
 
     ``init_latent_id`` is the stage's latent source (a pipeline stage's ``src_latent_id``): the latent to
     partially denoise from ``t_start``, a checkpoint to resume exactly, or an audio task's source.

@@ -1,4 +1,4 @@
-"""What one stage returns, per sample (spec 4.1 ``StageResult``, 5.3).
+"""What one stage returns, per sample (``StageResult``).
 
 Results are small on purpose: tasks pass them between each other and cache them, so they hold latent
 IDs and numbers, never tensors. A batch is stored as one latent ``[batch, T, D]``; a sample is that

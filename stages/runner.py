@@ -2,15 +2,17 @@
 
 It resolves the source by precedence (typed errors, no fallback to noise), checks compatibility,
 prepares the loop's inputs per mode, runs the shared loop, and stores the final latent and every
-checkpoint with full provenance (design invariant 3). The Prefect tasks call exactly this.
+checkpoint with full provenance (backend identity, effective params, seeds, schedule, parents). The
+Prefect tasks call exactly this.
 
 Modes, decided by the source:
 - noise: no source; a fresh run of ``duration`` seconds.
 - init: a final latent feeding generate/refine: partial denoising from ``t_start`` (the fast path:
   no VAE decode or encode at all).
 - resume: a checkpoint latent: exact continuation from its step, momentum and generators.
-- audio: cover/repaint/extract/lego/complete: the source goes through audio first (decode, then
-  encode), as the spec requires, unless it already is encoded audio (an ``import`` latent).
+- audio: the stages that read their source as audio (cover, repaint, extract, lego, complete): the
+  source goes through audio first (decode, then encode), so that a generated latent feeds them
+  exactly as uploaded audio would, unless it already is encoded audio (an ``import`` latent).
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from typing import Any, Literal
 
 import torch
 
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, Backend
+from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
-from prefect_acestep.stages.compat import as_float32, check_source
 from prefect_acestep.stages.engine.context import output_frames
-from prefect_acestep.stages.engine.loop import LoopRequest, LoopResult, LoopState, StepInfo, run_loop
+from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, StepInfo, run_loop
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest
-from prefect_acestep.stages.params import AUDIO_STAGES, StageParams
+from prefect_acestep.stages.geometry import FRAME_RATE
+from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import resolve_source
 from prefect_acestep.stages.results import CheckpointRef, StageResult
 from prefect_acestep.stages.seeds import draw_base_seed, item_seeds
+from prefect_acestep.stages.sources import as_float32, check_source
 from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.stages.vocabulary import IMPORT_STAGE, STAGES
 
 DEFAULT_DURATION_S = 30.0
 """Length of a run from noise when neither the request nor a source gives one."""
@@ -64,11 +68,6 @@ class _Source:
     sample_index: int = 0
 
 
-def backend_for(params: StageParams) -> Backend:
-    """The process-wide backend instance a stage with ``params`` runs on."""
-    return load_backend(params.backend, variant=params.variant)
-
-
 def run_stage(
     params: StageParams,
     store: LatentStore,
@@ -86,7 +85,7 @@ def run_stage(
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    model = backend if backend is not None else backend_for(params)
+    model = backend if backend is not None else load_backend(params.backend, variant=params.variant)
     if model.identity.variant != params.variant:
         raise InvalidStageRequest(
             f"variant: params ask for {params.variant!r}, the backend is {model.identity.variant!r}"
@@ -179,21 +178,21 @@ def _load_source(params: StageParams, store: LatentStore, model: Backend, source
             )
         extras = {name: tensor[index : index + 1] for name, tensor in store.get_extras(source_id).items()}
         return _Source(mode="resume", record=record, latent=latent, extras=extras, sample_index=index)
-    mode: Mode = "audio" if params.stage_type in AUDIO_STAGES else "init"
+    mode: Mode = "audio" if STAGES[params.stage_type].reads_audio else "init"
     return _Source(mode=mode, record=record, latent=latent)
 
 
-def _audio_source(store: LatentStore, model: Backend, record: LatentRecord, latent: torch.Tensor) -> torch.Tensor:
+def _audio_source(model: Backend, record: LatentRecord, latent: torch.Tensor) -> torch.Tensor:
     """An audio task's source latents: imported audio is already encoded; any other latent goes
     through audio (decode, encode) so that cover keeps the VQ path exactly as for uploaded audio."""
-    if record.stage_type == "import":
+    if record.stage_type == IMPORT_STAGE:
         return latent
     return model.vae_encode(model.vae_decode(latent.to(model.device))).to(torch.float32)
 
 
 def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRecord) -> torch.Tensor | None:
     """The audio source of the run a checkpoint came from (its parent), for resuming audio tasks."""
-    if checkpoint.stage_type not in AUDIO_STAGES:
+    if checkpoint.stage_type == IMPORT_STAGE or not STAGES[checkpoint.stage_type].reads_audio:
         return None
     if not checkpoint.parent_ids:
         raise IncompatibleLatent(checkpoint.id, "source of the checkpointed audio task", "a parent latent", "none")
@@ -201,7 +200,7 @@ def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRe
     parent = store.record(parent_id)
     index = StageParams.model_validate(checkpoint.params).resume_sample_index
     latent = as_float32(parent_id, store.get(parent_id))[index : index + 1]
-    return _audio_source(store, model, parent, latent)
+    return _audio_source(model, parent, latent)
 
 
 def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None) -> int:
@@ -210,7 +209,7 @@ def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | No
         return max(1, round(duration * FRAME_RATE))
     base = source.latent if task_source is None else task_source
     frames = base.shape[1]
-    if params.stage_type in ("repaint", "lego"):
+    if STAGES[params.stage_type].window != "none":
         return output_frames(params.task, frames, _window(params, frames))
     if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
         assert source.record is not None
@@ -219,7 +218,8 @@ def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | No
 
 
 def _window(params: StageParams, source_frames: int) -> tuple[float, float] | None:
-    if params.stage_type not in ("repaint", "lego"):
+    """The window ``[start, end)`` seconds of a stage that takes one; the end defaults to the source's."""
+    if STAGES[params.stage_type].window == "none":
         return None
     end = params.repainting_end if params.repainting_end is not None else source_frames / FRAME_RATE
     return (params.repainting_start, end)
@@ -240,7 +240,7 @@ def _loop_request(
         init = source.latent
     elif source.mode == "audio":
         assert source.record is not None and source.latent is not None
-        task_source = _audio_source(store, model, source.record, source.latent)
+        task_source = _audio_source(model, source.record, source.latent)
     elif source.mode == "resume":
         assert source.record is not None
         task_source = _resume_task_source(store, model, source.record)
@@ -266,7 +266,7 @@ def _loop_request(
         init=init,
         t_start=params.t_start,
         source=task_source,
-        cover_strength=params.audio_cover_strength if params.stage_type == "cover" else 1.0,
+        cover_strength=params.audio_cover_strength if STAGES[params.stage_type].context == "codes" else 1.0,
         repaint_window=_window(params, window_frames),
         checkpoint_steps=_pending_checkpoints(params, source),
         resume=resume,

@@ -23,9 +23,10 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from prefect_acestep.stages.backends.registry import backend_identity
 from prefect_acestep.stages.errors import StageError
 from prefect_acestep.stages.params import StageParams
-from prefect_acestep.stages.runner import backend_for, source_latent_id
+from prefect_acestep.stages.runner import source_latent_id
 from prefect_acestep.stages.store import LatentStore
 
 CODE_VERSION = f"prefect-acestep/{version('prefect-acestep')}/cache-v1"
@@ -43,7 +44,7 @@ def content_key(params: StageParams, store: LatentStore, stage_latents: dict[int
         "code": CODE_VERSION,
         "params": params.model_dump(mode="json", exclude=set(SOURCE_FIELDS)),
         "source": source_digest,
-        "backend": backend_for(params).identity.model_dump(mode="json"),
+        "backend": backend_identity(params.backend, variant=params.variant).model_dump(mode="json"),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.decode import decode_latent
-from prefect_acestep.stages.importing import import_audio_latent
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
+from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.backends.registry import load_backend, register_backend
 
 COUNTED = ("encode_condition", "velocity", "vae_encode", "vae_decode", "tokenize", "detokenize")
@@ -104,7 +105,10 @@ def register_counting(name: str, *, call_log: Path | None = None, velocity_delay
     def factory(**options: Any) -> CountingBackend:
         return CountingBackend(name=name, call_log=log, velocity_delay_s=velocity_delay_s, **options)
 
-    register_backend(name, factory)
+    def identity(**options: Any) -> BackendIdentity:
+        return EmbeddedBackend.identity_for(**options).model_copy(update={"name": name})
+
+    register_backend(name, factory, identity=identity)
 
 
 def counting(name: str, variant: str = "turbo") -> CountingBackend:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from prefect_acestep.stages.backends.identity import BackendIdentity
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.geometry import HOP_LENGTH, LATENT_DIM, VQ_POOL
 
 _CODE_LEVELS = 4.0
 """VQ codes are the 5-frame mean quantised to steps of 1/4."""

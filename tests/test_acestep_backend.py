@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
 from prefect_acestep.stages.backends.acestep.digest import SAMPLE_BYTES, file_digest  # noqa: E402
+from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text  # noqa: E402
 from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
+from prefect_acestep.stages.backends.identity import BackendIdentity  # noqa: E402
 from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec  # noqa: E402
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest  # noqa: E402
 
@@ -98,6 +101,34 @@ def test_turbo_flavours_are_named_explicitly(dirs: dict[str, Path]) -> None:
         AceStepBackend(str(dirs["turbo"]), variant="base")
     with pytest.raises(BackendLoadError, match=r"variant 'turbo' does not fit this base checkpoint"):
         AceStepBackend(str(dirs["base"]), variant="turbo")
+
+
+def test_identity_for_reads_the_directory(dirs: dict[str, Path], base: AceStepBackend, turbo: AceStepBackend) -> None:
+    assert AceStepBackend.identity_for(str(dirs["base"])) == base.identity
+    assert AceStepBackend.identity_for(str(dirs["turbo"]), device="cpu", dtype="float32") == turbo.identity
+    shift3 = AceStepBackend.identity_for(str(dirs["turbo"]), variant="turbo-shift3")
+    assert shift3 == turbo.identity.model_copy(update={"variant": "turbo-shift3"})
+    with pytest.raises(BackendLoadError, match=r"variant 'turbo' does not fit this base checkpoint"):
+        AceStepBackend.identity_for(str(dirs["base"]), variant="turbo")
+    with pytest.raises(BackendLoadError, match="is not a directory"):
+        AceStepBackend.identity_for(str(dirs["base"] / "missing"))
+
+
+def test_a_cache_key_identity_loads_no_model(dirs: dict[str, Path], base: AceStepBackend) -> None:
+    """What the stage cache asks on a fresh worker: the registry's identity of the entry point
+    backend, with the checkpoint directory from the environment, imports neither diffusers nor
+    transformers (so no module is built and no weights are read beyond the digest's samples)."""
+    script = (
+        "import sys\n"
+        "from prefect_acestep.stages.backends.registry import backend_identity\n"
+        "identity = backend_identity('acestep', variant='base')\n"
+        "print(sorted({'diffusers', 'transformers'} & set(sys.modules)), identity.model_dump_json())\n"
+    )
+    env = {**os.environ, "ACESTEP_CHECKPOINT_DIR": str(dirs["base"])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    loaded, identity = out.stdout.split(" ", 1)
+    assert loaded == "[]"
+    assert BackendIdentity.model_validate_json(identity) == base.identity
 
 
 def test_digest_is_location_free_and_follows_the_weights(
@@ -239,7 +270,7 @@ def test_tokenizer_sees_the_reference_formats(base: AceStepBackend) -> None:
         "# Metas\n- bpm: 96\n- timesignature: 4\n- keyscale: A minor\n- duration: 12 seconds\n<|endoftext|>\n"
     )
     assert decode(cond.lyric_ids) == "# Languages\nen\n\n# Lyric\n[Instrumental]<|endoftext|>"
-    assert (cond.prompt_text, cond.lyrics_text) == (spec.prompt_text(), spec.lyrics_text())
+    assert (cond.prompt_text, cond.lyrics_text) == (prompt_text(spec), lyrics_text(spec))
 
 
 def test_condition_batches_and_follows_the_text(base: AceStepBackend) -> None:
@@ -265,7 +296,7 @@ def test_null_condition_is_the_learned_embedding(base: AceStepBackend, turbo: Ac
 def test_base_only_tasks(task: str, base: AceStepBackend, turbo: AceStepBackend) -> None:
     spec = ConditionSpec(task=task, track_names=("drums",))
     assert base.encode_condition(spec, 1).hidden_states.shape[0] == 1
-    with pytest.raises(InvalidStageRequest, match=rf"task: {task} needs the base model.*variant 'turbo'"):
+    with pytest.raises(InvalidStageRequest, match=rf"task: task '{task}' is not supported by variant 'turbo': only base"):
         turbo.encode_condition(spec, 1)
     for allowed in ("text2music", "repaint", "cover"):
         turbo.encode_condition(ConditionSpec(task=allowed), 1)
@@ -325,7 +356,7 @@ def test_vq_bottleneck_matches_the_continuous_path(base: AceStepBackend, source:
     assert 0 <= int(codes.min()) and int(codes.max()) < parts.audio_tokenizer.quantizer.codebook_size
     hints = base.detokenize(codes, 12)
     assert hints.shape == (2, 12, 64)
-    with torch.no_grad():  # the reference's cover path: quantized output straight into the detokenizer
+    with torch.no_grad():  # upstream's cover path: quantized output straight into the detokenizer
         quantized, _ = parts.audio_tokenizer.tokenize(latents, parts.silence.unsqueeze(0))
         direct = parts.audio_token_detokenizer(quantized)[:, :12]
     assert torch.allclose(hints, direct, atol=1e-5)

@@ -16,9 +16,10 @@ import torch
 
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.backends.identity import BackendIdentity
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, Backend, ConditionSpec
+from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
 from prefect_acestep.stages.engine.variants import VARIANTS
+from prefect_acestep.stages.geometry import HOP_LENGTH, LATENT_DIM, VQ_POOL
 
 FRAMES = 20
 BATCH = 2

@@ -3,14 +3,13 @@ keep every field and latent reference, plus simple -> custom and restore from a 
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from prefect_acestep.stages.backends.protocol import TRACK_NAMES
 from prefect_acestep.stages.conversions import (
     custom_to_params,
     custom_to_stage,
@@ -22,15 +21,12 @@ from prefect_acestep.stages.conversions import (
 )
 from prefect_acestep.stages.engine.variants import VARIANTS
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
+from prefect_acestep.stages.geometry import MAX_DURATION_S
 from prefect_acestep.stages.params import (
-    AUDIO_STAGES,
     KEYSCALES,
-    MAX_DURATION_S,
     MAX_SEED,
     TIME_SIGNATURES,
-    TRACK_STAGES,
     VOCAL_LANGUAGES,
-    StageKind,
     StageParams,
 )
 from prefect_acestep.stages.records import LatentRecord
@@ -42,6 +38,7 @@ from prefect_acestep.stages.requests import (
     SimpleRequest,
     resolve_source,
 )
+from prefect_acestep.stages.vocabulary import STAGES, TRACK_NAMES, runs
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 
@@ -79,18 +76,18 @@ def custom_requests(draw) -> GenerateRequest:
     """Valid custom requests with every field drawn (the assert below keeps the list complete)."""
     values = draw(shared_values())
     variant = VARIANTS[values["variant"]]
-    kinds = [k for k in get_args(StageKind) if ("text2music" if k in ("generate", "refine") else k) in variant.tasks]
+    kinds = [kind for kind, stage in STAGES.items() if runs(variant.name, stage.task)]
     stage_type = draw(st.sampled_from(kinds))
     init_latent_id = draw(maybe(latent_ids))
     src_audio_id = draw(maybe(latent_ids))
-    if stage_type in AUDIO_STAGES | {"refine"} and init_latent_id is None and src_audio_id is None:
+    if STAGES[stage_type].needs_source and init_latent_id is None and src_audio_id is None:
         init_latent_id = draw(latent_ids)
     has_source = init_latent_id is not None or src_audio_id is not None
     t_start = draw(maybe(st.floats(0.0, 1.0, exclude_min=True, **finite)))
     if t_start is not None and t_start < 1.0 and not has_source:
         t_start = 1.0
     track_name = draw(maybe(st.sampled_from(TRACK_NAMES)))
-    if stage_type in TRACK_STAGES and track_name is None:
+    if STAGES[stage_type].tracks == "one" and track_name is None:
         track_name = draw(st.sampled_from(TRACK_NAMES))
     inference_steps = draw(maybe(st.integers(1, 200)))
     timesteps = draw(maybe(st.lists(st.floats(0.0, 1.0, **finite), min_size=1, max_size=10)))

@@ -11,9 +11,10 @@ import torch
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.backends.embedded.channels import frequency, percussion_channel, pitched_channel
 from prefect_acestep.stages.backends.embedded.sounds import ONSET, PITCHED_GAIN, partial_phase, register_partials
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import HOP_LENGTH, SAMPLE_RATE
 
 import audio_analysis as aa
 

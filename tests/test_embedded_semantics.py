@@ -12,8 +12,9 @@ import torch
 
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.backends.embedded.harmony import parse_keyscale
-from prefect_acestep.stages.backends.protocol import SAMPLE_RATE, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 import audio_analysis as aa
 

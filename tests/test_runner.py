@@ -79,7 +79,7 @@ def test_cover_from_a_latent_goes_through_audio_and_the_vq_bottleneck(store: Lat
 
 def test_cover_from_imported_audio_skips_the_round_trip(store: LatentStore, tmp_path: Path) -> None:
     from prefect_acestep.stages.audio import write_audio
-    from prefect_acestep.stages.importing import import_audio_latent
+    from prefect_acestep.stages.audio_import import import_audio_latent
 
     t = torch.arange(2 * 48_000) / 48_000
     tone = torch.stack([torch.sin(2 * torch.pi * 220 * t), torch.sin(2 * torch.pi * 330 * t)]) * 0.3

@@ -1,6 +1,6 @@
 """Bring any waveform to the model's form: float32 stereo at 48 kHz within [-1, 1].
 
-The reference loads source audio by duplicating mono to stereo, resampling to 48 kHz and clamping,
+Upstream ACE-Step loads source audio by duplicating mono to stereo, resampling to 48 kHz and clamping,
 and guards decoded audio with ``wav /= max(1, peak)``; these are those steps, one function each, on
 ``[channels, samples]`` tensors (the peak guard also takes a leading batch dimension).
 """
@@ -11,8 +11,8 @@ import numpy as np
 import soxr
 import torch
 
-from prefect_acestep.stages.backends.protocol import SAMPLE_RATE
 from prefect_acestep.stages.errors import AudioError
+from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 RESAMPLE_QUALITY = "VHQ"
 """soxr's very-high-quality band-limited resampler: source audio is resampled once, on import, and

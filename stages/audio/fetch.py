@@ -24,9 +24,8 @@ from loguru import logger
 
 from prefect_acestep.stages.audio.atomic import staged_output
 from prefect_acestep.stages.audio.io import load_audio
-from prefect_acestep.stages.backends.protocol import SAMPLE_RATE
 from prefect_acestep.stages.errors import AudioError, AudioUnavailable
-from prefect_acestep.stages.params import MAX_DURATION_S
+from prefect_acestep.stages.geometry import MAX_DURATION_S, SAMPLE_RATE
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 """Room for the longest accepted input (600 s) even as 96 kHz 32-bit float stereo WAV (~460 MB)."""

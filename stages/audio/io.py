@@ -20,8 +20,8 @@ import torch
 from prefect_acestep.stages.audio.atomic import staged_output
 from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
 from prefect_acestep.stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
-from prefect_acestep.stages.backends.protocol import SAMPLE_RATE
 from prefect_acestep.stages.errors import AudioError
+from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 WRITE_FORMATS: dict[str, tuple[str, str]] = {
     ".wav": ("WAV", "PCM_24"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_acestep.stages.vocabulary import MODEL_VARIANTS
+
 
 class BackendIdentity(BaseModel):
     """Identity of a model backend, recorded on every latent and part of every cache key."""
@@ -11,7 +13,7 @@ class BackendIdentity(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Backend name as registered in the 'prefect_acestep.backends' entry point group.")
-    variant: str = Field(description="Model variant: base, sft, turbo, turbo-shift1, turbo-shift3, turbo-continuous.")
+    variant: str = Field(description=f"Model variant: {', '.join(MODEL_VARIANTS)}.")
     latent_space: str = Field(
         description="Identifier of the latent space. Latents only feed models of the same latent space."
     )

@@ -9,39 +9,22 @@ is what lets the embedded model and the real ACE-Step model share every test of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prefect_acestep.stages.backends.identity import BackendIdentity
+from prefect_acestep.stages.vocabulary import TaskKind
 
-TaskKind = Literal["text2music", "cover", "repaint", "extract", "lego", "complete"]
-"""Conditioning task as the model sees it (generate and refine are both text2music)."""
-
-TRACK_NAMES: tuple[str, ...] = (
-    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
-    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
-)
-
-FRAME_RATE = 25
-SAMPLE_RATE = 48_000
-HOP_LENGTH = 1920
-LATENT_DIM = 64
-VQ_POOL = 5
-"""Latent frames pooled into one VQ code (25 Hz -> 5 Hz)."""
-
-
-def _track_label(names: tuple[str, ...]) -> str:
-    return " | ".join(name.upper() for name in names)
+if TYPE_CHECKING:  # the request models use ConditionSpec and must not load torch for it
+    import torch
 
 
 @dataclass(frozen=True)
 class ConditionSpec:
     """Everything a model is conditioned on for one stage, in structured form.
 
-    Backends that read text (ACE-Step) use ``prompt_text``/``lyrics_text``, which follow the
-    reference formats exactly; the embedded model reads the fields directly. ``None`` metas are
-    rendered as ``N/A``; an empty caption stays empty (never replaced by a default).
+    Backends that read text (ACE-Step) render it with ``backends/acestep/prompt.py``; the embedded
+    model reads the fields directly. ``None`` metas mean unset; an empty caption stays empty (never
+    replaced by a default).
     """
 
     task: TaskKind
@@ -54,50 +37,6 @@ class ConditionSpec:
     timesignature: str | None = None
     duration_s: float | None = None
     track_names: tuple[str, ...] = ()
-
-    @property
-    def instruction(self) -> str:
-        tracks = _track_label(self.track_names)
-        match self.task:
-            case "text2music":
-                return "Fill the audio semantic mask based on the given conditions:"
-            case "repaint":
-                return "Repaint the mask area based on the given conditions:"
-            case "cover":
-                return "Generate audio semantic tokens based on the given conditions:"
-            case "extract":
-                return f"Extract the {tracks} track from the audio:" if tracks else "Extract the track from the audio:"
-            case "lego":
-                return (
-                    f"Generate the {tracks} track based on the audio context:"
-                    if tracks
-                    else "Generate the track based on the audio context:"
-                )
-            case "complete":
-                return f"Complete the input track with {tracks}:" if tracks else "Complete the input track:"
-        raise ValueError(f"unknown task {self.task!r}")
-
-    @property
-    def metas_text(self) -> str:
-        def show(value: object) -> str:
-            return "N/A" if value is None or value == "" else str(value)
-
-        # Upstream (_dict_to_meta_string) writes whole seconds and ends the metas with a newline.
-        duration = "N/A" if self.duration_s is None else f"{int(self.duration_s)} seconds"
-        return (
-            f"- bpm: {show(self.bpm)}\n- timesignature: {show(self.timesignature)}\n"
-            f"- keyscale: {show(self.keyscale)}\n- duration: {duration}\n"
-        )
-
-    def prompt_text(self) -> str:
-        return (
-            f"# Instruction\n{self.instruction}\n\n# Caption\n{self.caption}\n\n"
-            f"# Metas\n{self.metas_text}<|endoftext|>\n"
-        )
-
-    def lyrics_text(self) -> str:
-        lyrics = "[Instrumental]" if self.instrumental else self.lyrics
-        return f"# Languages\n{self.vocal_language}\n\n# Lyric\n{lyrics}<|endoftext|>"
 
 
 @runtime_checkable

@@ -2,7 +2,8 @@
 
 The context is the source latents concatenated with a 0/1 chunk mask (1 = generate). Tasks differ
 only in which source and which mask they pass, and cover additionally switches to plain
-text2music conditioning part-way through the schedule; the loop itself stays task-agnostic.
+text2music conditioning part-way through the schedule; the loop itself stays task-agnostic. Which
+regime a task gets is read from its row of the stage vocabulary (context, window, tracks).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import torch
 
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, Backend, ConditionSpec
+from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import FRAME_RATE
+from prefect_acestep.stages.vocabulary import MODEL_TASKS, TASKS, Task
 
-SOURCE_TASKS = frozenset({"cover", "repaint", "extract", "lego", "complete"})
-WINDOW_TASKS = frozenset({"repaint", "lego"})
 _FRAME_EPS = 1e-6
 
 
@@ -50,9 +51,16 @@ def window_geometry(source_frames: int, window: tuple[float, float]) -> WindowGe
     return WindowGeometry(pad_left, pad_right, start + pad_left, end + pad_left, pad_left + source_frames + pad_right)
 
 
+def task_rules(task: str) -> Task:
+    """What ``task`` reads; an unknown task is an error that lists the known ones."""
+    if task not in TASKS:
+        raise InvalidStageRequest(f"task: unknown task {task!r}; known: {list(MODEL_TASKS)}")
+    return TASKS[task]
+
+
 def output_frames(task: str, source_frames: int, window: tuple[float, float] | None) -> int:
     """Frames a task's output has: the source's, or more when a window outpaints."""
-    if task in WINDOW_TASKS and window is not None:
+    if task_rules(task).window != "none" and window is not None:
         return window_geometry(source_frames, window).frames
     return source_frames
 
@@ -96,12 +104,13 @@ def build_task_context(
 ) -> TaskContext:
     """The conditioning regimes, masks and kept source for one run (see the module docstring)."""
     task = spec.task
-    _check_fields(task, source, window, cover_strength)
+    rules = task_rules(task)
+    _check_fields(rules, source, window, cover_strength)
     device = backend.device
     silence = backend.silence_latent(frames).to(device).unsqueeze(0).expand(batch, -1, -1).contiguous()
     ones = torch.ones(batch, frames, device=device)
 
-    if task == "text2music":
+    if rules.context == "silence":
         return TaskContext(_regime(backend, spec, batch, silence, ones, guided), None, None, None, None)
 
     assert source is not None
@@ -110,13 +119,13 @@ def build_task_context(
         raise InvalidStageRequest(
             f"frames: {task} over a source of {source.shape[1]} frames yields {expected} frames, got frames={frames}"
         )
-    if task in WINDOW_TASKS and window is not None:
+    if rules.window != "none" and window is not None:
         geo = window_geometry(source.shape[1], window)
         padded = torch.cat([silence[:, : geo.pad_left], source, silence[:, geo.pad_left + source.shape[1] :]], dim=1)
     else:
         geo, padded = None, source
 
-    if task == "cover":
+    if rules.context == "codes":
         vq = backend.detokenize(backend.tokenize(padded), frames)
         switch = int(total_steps * cover_strength)
         first = _regime(backend, spec, batch, vq, ones, guided)
@@ -130,7 +139,9 @@ def build_task_context(
     mask = torch.zeros(batch, frames, device=device)
     mask[:, geo.start : geo.end] = 1.0
     src = padded
-    if task == "repaint":
+    if rules.tracks == "none":
+        # Repaint regenerates all of the window, so the model must not see what played there; lego
+        # adds its named track on top of it, so it keeps the window's audio as context.
         src = padded.clone()
         src[:, geo.start : geo.end] = silence[:, geo.start : geo.end]
     keep = (mask == 0).unsqueeze(-1)
@@ -145,17 +156,20 @@ def _regime(
 
 
 def _check_fields(
-    task: str, source: torch.Tensor | None, window: tuple[float, float] | None, cover_strength: float
+    rules: Task, source: torch.Tensor | None, window: tuple[float, float] | None, cover_strength: float
 ) -> None:
-    if task in SOURCE_TASKS and source is None:
+    task = rules.name
+    if rules.context != "silence" and source is None:
         raise InvalidStageRequest(f"source: task {task} needs source latents")
-    if task not in SOURCE_TASKS and source is not None:
+    if rules.context == "silence" and source is not None:
         raise InvalidStageRequest(f"source: task {task} takes no source latents (refine passes init instead)")
-    if task == "repaint" and window is None:
-        raise InvalidStageRequest("repaint_window: task repaint needs a window [start, end) in seconds")
-    if task not in WINDOW_TASKS and window is not None:
-        raise InvalidStageRequest(f"repaint_window: task {task} takes no window (only repaint and lego do)")
+    if rules.window == "required" and window is None:
+        raise InvalidStageRequest(f"repaint_window: task {task} needs a window [start, end) in seconds")
+    if rules.window == "none" and window is not None:
+        takers = " and ".join(name for name, other in TASKS.items() if other.window != "none")
+        raise InvalidStageRequest(f"repaint_window: task {task} takes no window (only {takers} do)")
     if not 0.0 <= cover_strength <= 1.0:
         raise InvalidStageRequest(f"cover_strength: must lie in [0, 1], got {cover_strength}")
-    if task != "cover" and cover_strength != 1.0:
-        raise InvalidStageRequest(f"cover_strength: only the cover task uses it (task {task})")
+    if rules.context != "codes" and cover_strength != 1.0:
+        users = " and ".join(name for name, other in TASKS.items() if other.context == "codes")
+        raise InvalidStageRequest(f"cover_strength: only the {users} task uses it (task {task})")

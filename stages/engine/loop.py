@@ -1,11 +1,11 @@
-"""The diffusion loop shared by every backend and variant (contract: .notes/LOOP_CONTRACT.md).
+"""The diffusion loop shared by every backend and variant.
 
 Flow matching: ``x_t = t * eps + (1 - t) * x0`` (t = 1 is noise), the model predicts
 ``v = eps - x0``. Each batch item owns a ``torch.Generator`` seeded with its seed, which draws (in
 this order) its starting noise and then its SDE noise, so item i of a batch equals a batch-1 run
 with that seed, and a checkpoint can carry the generator states for an exact resume.
 
-Where this differs from upstream ACE-Step on purpose (the reference's listed defects):
+Where this differs from upstream ACE-Step on purpose (each a defect of upstream's loop):
 - partial denoising noises the clean latent to exactly ``schedule[k]`` (upstream: to t_start
   while the loop starts lower), and a t_start with no step left is an error (upstream: full run);
 - SDE noise comes from the seeded generators (upstream: the global RNG) and renoises to the next
@@ -29,16 +29,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import torch
 
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, Backend, ConditionSpec
+from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
 from prefect_acestep.stages.engine.context import build_task_context
 from prefect_acestep.stages.engine.guidance import adg, apg
 from prefect_acestep.stages.engine.schedules import Schedule, place_level, resolve_schedule, start_index
-from prefect_acestep.stages.engine.variants import SchedulerMode, Variant, get_variant
+from prefect_acestep.stages.engine.variants import InferMethod, SchedulerMode, Variant, get_variant
 from prefect_acestep.stages.errors import DiffusionError, InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM
+from prefect_acestep.stages.vocabulary import refusal
 
 RESUME_T_TOLERANCE = 1e-6
 """A resume's t_start agrees with the checkpoint's level when closer than this."""
@@ -88,7 +90,7 @@ class LoopRequest:
     shift: float | None = None
     scheduler: SchedulerMode | None = None
     custom_timesteps: list[float] | None = None
-    infer_method: Literal["ode", "sde"] = "ode"
+    infer_method: InferMethod = "ode"
     guidance_scale: float = 1.0
     use_adg: bool = False
     cfg_interval: tuple[float, float] = (0.0, 1.0)
@@ -127,13 +129,14 @@ def run_loop(backend: Backend, request: LoopRequest) -> LoopResult:
     """
     req = request
     variant = get_variant(req.variant)
-    if req.cond.task not in variant.tasks:
-        raise InvalidStageRequest(f"task: variant {variant.name} does not support task {req.cond.task}")
+    refused = refusal(variant.name, req.cond.task)
+    if refused is not None:
+        raise InvalidStageRequest(f"task: {refused}")
     batch = _check_seeds(req.seeds)
     if isinstance(req.frames, bool) or not isinstance(req.frames, int) or req.frames < 1:
         raise InvalidStageRequest(f"frames: must be a positive integer, got {req.frames!r}")
-    if req.infer_method not in ("ode", "sde"):
-        raise InvalidStageRequest(f"infer_method: must be 'ode' or 'sde', got {req.infer_method!r}")
+    if req.infer_method not in get_args(InferMethod):
+        raise InvalidStageRequest(f"infer_method: must be one of {list(get_args(InferMethod))}, got {req.infer_method!r}")
     guided = _guided(variant, req)
     schedule = _request_schedule(variant, req)
     device = backend.device

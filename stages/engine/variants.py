@@ -1,9 +1,10 @@
 """The ACE-Step 1.5 model variants, as the diffusion loop sees them.
 
-The six checkpoints share one network design and differ only in how they are sampled: whether they
-were trained for classifier-free guidance, which timestep schedule they expect, which shift, and
-which tasks they were trained on. Keeping those differences in one table (instead of six copies of
-a sampling loop, as upstream does) is what lets one loop serve every variant.
+The six checkpoints share one network design and differ only in how they are sampled: which
+timestep schedule they expect, which shift, and how they treat custom timesteps. Keeping those
+differences in one table (instead of six copies of a sampling loop, as upstream does) is what lets
+one loop serve every variant. Which variants exist, which are guided and which tasks each runs are
+model facts, read from ``prefect_acestep.stages.vocabulary``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from prefect_acestep.stages.backends.protocol import TaskKind
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.vocabulary import MODEL_VARIANTS, is_guided
 
 SchedulerMode = Literal["linear", "discrete", "continuous"]
+"""How a schedule's timesteps are made (custom timesteps aside)."""
+InferMethod = Literal["ode", "sde"]
+"""ODE (deterministic Euler steps) or SDE (the clean estimate renoised with seeded noise)."""
 
 CustomTimestepsPolicy = Literal["reject", "as_given", "map_turbo", "append_terminal"]
 """How a variant treats user-given timesteps (upstream behaviour, per variant):
@@ -26,36 +30,36 @@ CustomTimestepsPolicy = Literal["reject", "as_given", "map_turbo", "append_termi
 - ``append_terminal``: turbo-continuous drops trailing zeros and appends the terminal 0.
 """
 
-ALL_TASKS: frozenset[TaskKind] = frozenset({"text2music", "cover", "repaint", "extract", "lego", "complete"})
-TURBO_TASKS: frozenset[TaskKind] = frozenset({"text2music", "repaint", "cover"})
-
-
 @dataclass(frozen=True)
 class Variant:
     """How one checkpoint is sampled. ``forced_shift`` wins over ``default_shift``."""
 
     name: str
     default_steps: int
-    uses_cfg: bool
     scheduler: SchedulerMode
     default_shift: float
     forced_shift: float | None
     custom_timesteps: CustomTimestepsPolicy
-    tasks: frozenset[TaskKind]
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Trained for classifier-free guidance (base, sft); turbo variants are guidance-distilled."""
+        return is_guided(self.name)
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("base", 30, True, "linear", 1.0, None, "reject", ALL_TASKS),
-        # Upstream's supported_tasks_for_model: extract/lego/complete run on base only.
-        Variant("sft", 30, True, "linear", 1.0, None, "as_given", TURBO_TASKS),
-        Variant("turbo", 8, False, "discrete", 3.0, None, "map_turbo", TURBO_TASKS),
-        Variant("turbo-shift1", 8, False, "linear", 1.0, None, "as_given", TURBO_TASKS),
-        Variant("turbo-shift3", 8, False, "linear", 3.0, 3.0, "as_given", TURBO_TASKS),
-        Variant("turbo-continuous", 8, False, "continuous", 3.0, None, "append_terminal", TURBO_TASKS),
+        Variant("base", 30, "linear", 1.0, None, "reject"),
+        Variant("sft", 30, "linear", 1.0, None, "as_given"),
+        Variant("turbo", 8, "discrete", 3.0, None, "map_turbo"),
+        Variant("turbo-shift1", 8, "linear", 1.0, None, "as_given"),
+        Variant("turbo-shift3", 8, "linear", 3.0, 3.0, "as_given"),
+        Variant("turbo-continuous", 8, "continuous", 3.0, None, "append_terminal"),
     )
 }
+if tuple(VARIANTS) != MODEL_VARIANTS:
+    raise RuntimeError(f"the sampling table {list(VARIANTS)} must list the model variants {list(MODEL_VARIANTS)}")
 
 
 def get_variant(name: str) -> Variant:

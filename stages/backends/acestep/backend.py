@@ -33,8 +33,9 @@ from prefect_acestep.stages.backends.acestep.loading import (
 )
 from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
 from prefect_acestep.stages.backends.identity import BackendIdentity
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
+from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, VQ_POOL
 
 CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
 DEVICE_ENV = "ACESTEP_DEVICE"
@@ -62,13 +63,9 @@ class AceStepBackend:
         (else cuda when available, else cpu): stages name only the backend and variant, so a worker's
         environment says where its weights are."""
         require_extra()
-        if checkpoint_dir is None:
-            checkpoint_dir = os.environ.get(CHECKPOINT_DIR_ENV, "")
-            if checkpoint_dir == "":
-                raise BackendLoadError(f"checkpoint_dir: not given and {CHECKPOINT_DIR_ENV} is not set")
+        root = _checkpoint_root(checkpoint_dir)
         if device is None:
             device = os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu")
-        root = Path(checkpoint_dir).expanduser()
         try:
             self.device = torch.device(device)
         except RuntimeError as exc:
@@ -77,17 +74,27 @@ class AceStepBackend:
             raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
         self.dtype = resolve_dtype(self.device, dtype)
         has_vq = check_layout(root)
-        self.family, variant_name = resolve_variant(read_transformer_config(root), variant, str(root))
+        self.identity = _checkpoint_identity(root, variant)
         self._parts = load_components(root, has_vq, self.device, self.dtype)
-        digests = _part_digests(root)
-        self.identity = BackendIdentity(
-            name=NAME,
-            variant=variant_name,
-            latent_space=f"{LATENT_SPACE}-vae-{digests['vae'][:16]}",
-            weights_digest=hashlib.sha256("".join(f"{k}:{v}\n" for k, v in digests.items()).encode()).hexdigest(),
-        )
         generator = torch.Generator().manual_seed(_PAD_NOISE_SEED)
         self._pad_noise = torch.randn(cnd.MIN_FRAMES, LATENT_DIM, generator=generator).to(self.device, self.dtype)
+
+    @classmethod
+    def identity_for(
+        cls,
+        checkpoint_dir: str | None = None,
+        variant: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> BackendIdentity:
+        """The identity a backend built with these options has, read from the checkpoint directory's
+        files (layout, transformer config, part digests) without importing diffusers or loading a
+        module: a cache lookup needs it, and on a fresh worker loading the model costs gigabytes.
+        ``device`` and ``dtype`` are the constructor's options too; they do not enter the identity."""
+        del device, dtype
+        root = _checkpoint_root(checkpoint_dir)
+        check_layout(root)
+        return _checkpoint_identity(root, variant)
 
     @property
     def components(self) -> Components:
@@ -96,14 +103,14 @@ class AceStepBackend:
 
     @torch.no_grad()
     def encode_condition(self, spec: ConditionSpec, batch_size: int) -> cnd.AceStepCondition:
-        check_task(self.family, self.identity.variant, spec.task)
+        check_task(self.identity.variant, spec.task)
         if batch_size < 1:
             raise InvalidStageRequest(f"batch_size: must be >= 1, got {batch_size}")
         return cnd.encode_spec(self._parts, spec, self.device).expand(batch_size)
 
     @torch.no_grad()
     def null_condition(self, cond: cnd.AceStepCondition) -> cnd.AceStepCondition:
-        check_guidance(self.family, self.identity.variant)
+        check_guidance(self.identity.variant)
         return cnd.null_of(self._parts, cond)
 
     def silence_latent(self, frames: int) -> torch.Tensor:
@@ -145,8 +152,8 @@ class AceStepBackend:
 
     @torch.no_grad()
     def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.dim() != 3 or audio.shape[1] != 2:
-            raise InvalidStageRequest(f"audio: expected [B, 2, samples], got {tuple(audio.shape)}")
+        if audio.dim() != 3 or audio.shape[1] != AUDIO_CHANNELS:
+            raise InvalidStageRequest(f"audio: expected [B, {AUDIO_CHANNELS}, samples], got {tuple(audio.shape)}")
         frames = audio.shape[2] // HOP_LENGTH
         cnd.check_frames(frames, "audio frames")
         wave = audio[:, :, : frames * HOP_LENGTH].to(self.device, self.dtype)
@@ -195,6 +202,26 @@ def _check_latents(latents: torch.Tensor, what: str) -> None:
     if latents.dim() != 3 or latents.shape[2] != LATENT_DIM:
         raise InvalidStageRequest(f"{what}: expected [B, T, {LATENT_DIM}], got {tuple(latents.shape)}")
     cnd.check_frames(latents.shape[1], what)
+
+
+def _checkpoint_root(checkpoint_dir: str | None) -> Path:
+    if checkpoint_dir is None:
+        checkpoint_dir = os.environ.get(CHECKPOINT_DIR_ENV, "")
+        if checkpoint_dir == "":
+            raise BackendLoadError(f"checkpoint_dir: not given and {CHECKPOINT_DIR_ENV} is not set")
+    return Path(checkpoint_dir).expanduser()
+
+
+def _checkpoint_identity(root: Path, variant: str | None) -> BackendIdentity:
+    """Who the checkpoint at ``root`` (already ``check_layout``-ed) is, sampled as ``variant``."""
+    variant_name = resolve_variant(read_transformer_config(root), variant, str(root))
+    digests = _part_digests(root)
+    return BackendIdentity(
+        name=NAME,
+        variant=variant_name,
+        latent_space=f"{LATENT_SPACE}-vae-{digests['vae'][:16]}",
+        weights_digest=hashlib.sha256("".join(f"{k}:{v}\n" for k, v in digests.items()).encode()).hexdigest(),
+    )
 
 
 def _part_digests(root: Path) -> dict[str, str]:

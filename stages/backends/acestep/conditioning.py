@@ -1,12 +1,12 @@
-"""Conditioning exactly as the ACE-Step 1.5 reference builds it, on the diffusers modules.
+"""Conditioning exactly as upstream ACE-Step 1.5 builds it, on the diffusers modules.
 
 Text: the prompt (instruction, caption, metas) goes through the whole Qwen3 encoder; the lyrics
 only through its token embedding table (the condition encoder's lyric encoder contextualises them).
-Timbre: with no reference audio, the reference feeds the first 30 s (750 frames) of the model's
+Timbre: with no reference audio, upstream feeds the first 30 s (750 frames) of the model's
 silence latent to the timbre encoder; zeros instead put it out of distribution. The three are
 packed by ``AceStepConditionEncoder`` into the one sequence the DiT cross-attends to.
 
-Length limits: the reference runs at least 128 frames (padding shorter latents with the silence
+Length limits: upstream runs at least 128 frames (padding shorter latents with the silence
 latent) and at most 15000. Padding here happens per velocity call, and the padded tail of ``x_t``
 sits on a fixed path from a fixed noise to silence; that keeps the velocity a pure function of
 ``(x_t, t, cond, context)``, which exact checkpoint resume needs (upstream lets the tail drift
@@ -19,16 +19,18 @@ from dataclasses import dataclass
 
 import torch
 
-from prefect_acestep.stages.backends.acestep.loading import MAX_FRAMES, Components
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, ConditionSpec
+from prefect_acestep.stages.backends.acestep.loading import Components
+from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM, MAX_FRAMES
 
 MIN_FRAMES = 128
 TIMBRE_FRAMES = 750
-"""30 s at 25 Hz: the silence slice the reference feeds the timbre encoder."""
+"""30 s at 25 Hz: the silence slice upstream feeds the timbre encoder."""
 MAX_PROMPT_TOKENS = 256
 MAX_LYRIC_TOKENS = 2048
-"""The reference tokenizes with these limits and truncates silently; here going over is an error."""
+"""Upstream tokenizes with these limits and truncates silently; here going over is an error."""
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,16 @@ def _token_ids(parts: Components, text: str, limit: int, field: str) -> torch.Te
     ids = parts.tokenizer(text, return_tensors="pt").input_ids
     if ids.shape[1] > limit:
         raise InvalidStageRequest(
-            f"{field}: {ids.shape[1]} tokens, the model reads at most {limit} (the reference would cut the rest)"
+            f"{field}: {ids.shape[1]} tokens, the model reads at most {limit} (upstream would cut the rest)"
         )
     return ids
 
 
 def encode_spec(parts: Components, spec: ConditionSpec, device: torch.device) -> AceStepCondition:
-    """The batch-1 condition for ``spec``, with the reference's prompt and lyrics formats."""
-    prompt_text, lyrics_text = spec.prompt_text(), spec.lyrics_text()
-    prompt_ids = _token_ids(parts, prompt_text, MAX_PROMPT_TOKENS, "caption")
-    lyric_ids = _token_ids(parts, lyrics_text, MAX_LYRIC_TOKENS, "lyrics")
+    """The batch-1 condition for ``spec``, with upstream's prompt and lyrics formats."""
+    prompt, lyrics = prompt_text(spec), lyrics_text(spec)
+    prompt_ids = _token_ids(parts, prompt, MAX_PROMPT_TOKENS, "caption")
+    lyric_ids = _token_ids(parts, lyrics, MAX_LYRIC_TOKENS, "lyrics")
     text_hidden = parts.text_encoder(input_ids=prompt_ids.to(device)).last_hidden_state
     lyric_hidden = parts.text_encoder.get_input_embeddings()(lyric_ids.to(device))
     timbre = parts.silence[:TIMBRE_FRAMES].unsqueeze(0)
@@ -81,11 +83,11 @@ def encode_spec(parts: Components, spec: ConditionSpec, device: torch.device) ->
         refer_audio_acoustic_hidden_states_packed=timbre,
         refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=device),
     )
-    return AceStepCondition(hidden, prompt_text, lyrics_text, prompt_ids[0], lyric_ids[0])
+    return AceStepCondition(hidden, prompt, lyrics, prompt_ids[0], lyric_ids[0])
 
 
 def null_of(parts: Components, cond: AceStepCondition) -> AceStepCondition:
-    """The learned null embedding broadcast over ``cond``'s sequence (the reference's CFG branch;
+    """The learned null embedding broadcast over ``cond``'s sequence (upstream's CFG branch;
     re-encoding empty strings instead is out of distribution)."""
     null = parts.condition_encoder.null_condition_emb.to(cond.hidden_states.dtype)
     return AceStepCondition(null.expand_as(cond.hidden_states), None, None, None, None)
@@ -107,7 +109,7 @@ def pad_to_min_frames(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Extend ``x`` ``[B, T, 64]`` and ``context`` to ``MIN_FRAMES`` (see the module docstring).
 
-    The tail is the silence latent's start (as the reference pads), given as kept source (mask 0),
+    The tail is the silence latent's start (as upstream pads), given as kept source (mask 0),
     with ``x`` there at ``t * pad_noise + (1 - t) * silence``.
     """
     pad = MIN_FRAMES - x.shape[1]

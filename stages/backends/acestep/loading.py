@@ -17,12 +17,10 @@ from typing import Any
 
 import torch
 
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, VQ_POOL
 from prefect_acestep.stages.errors import BackendLoadError
+from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, MAX_FRAMES, SAMPLE_RATE, VQ_POOL
 
 EXTRA = "prefect-acestep[acestep]"
-MAX_FRAMES = 15_000
-"""Longest latent the reference handler accepts (10 minutes); also the silence latent's length."""
 
 MODULES = ("transformer", "condition_encoder", "vae", "text_encoder")
 """Required subfolders with a config.json; ``tokenizer/`` is required too (it has no config.json)."""
@@ -65,7 +63,7 @@ def require_extra() -> None:
 
 
 def resolve_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
-    """bf16 on CUDA and fp32 elsewhere (the reference's choice), unless named explicitly."""
+    """bf16 on CUDA and fp32 elsewhere (upstream's choice), unless named explicitly."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
@@ -192,7 +190,7 @@ def _check_geometry(root: Path, parts: Components) -> None:
         "vae hop (prod downsampling_ratios)": (math.prod(vae.downsampling_ratios), HOP_LENGTH),
         "vae latent channels (encoder_hidden_size / 2)": (vae.encoder_hidden_size // 2, LATENT_DIM),
         "vae.decoder_input_channels": (vae.decoder_input_channels, LATENT_DIM),
-        "vae.audio_channels": (vae.audio_channels, 2),
+        "vae.audio_channels": (vae.audio_channels, AUDIO_CHANNELS),
         "transformer.audio_acoustic_hidden_dim": (tr.audio_acoustic_hidden_dim, LATENT_DIM),
         "transformer.in_channels (x + src + mask)": (tr.in_channels, 3 * LATENT_DIM),
         "condition_encoder.timbre_hidden_dim": (ce.timbre_hidden_dim, LATENT_DIM),

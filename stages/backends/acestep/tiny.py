@@ -4,7 +4,7 @@ Every module is the real diffusers/transformers class with hidden sizes of a few
 the same layout a converted checkpoint has, so the tiny model goes through the very loader, digest
 and conditioning code the real one does. Only the latent geometry is full size: ``[B, T, 64]`` at
 25 Hz, 48 kHz stereo, a 1920-sample hop. The tokenizer is a byte-level BPE trained here on the
-reference prompt vocabulary, so nothing is downloaded.
+ACE-Step prompt formats, so nothing is downloaded.
 
 The VAE has its own seed: tiny checkpoints of different variants built with one ``vae_seed`` share
 a latent space, as the real base/sft/turbo checkpoints share their VAE.
@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from prefect_acestep.stages.backends.acestep.loading import MAX_FRAMES, require_extra
-from prefect_acestep.stages.backends.acestep.variant import FAMILIES
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE, TRACK_NAMES, VQ_POOL, ConditionSpec
+from prefect_acestep.stages.backends.acestep.loading import require_extra
+from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text
+from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.geometry import HOP_LENGTH, LATENT_DIM, MAX_FRAMES, SAMPLE_RATE, VQ_POOL
+from prefect_acestep.stages.vocabulary import FAMILIES, MODEL_TASKS, TRACK_NAMES
 
 WIDTH = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 SLIDING_WINDOW = 16
@@ -124,11 +126,11 @@ def _tokenizer():  # noqa: ANN202 - a transformers fast tokenizer
     from transformers import PreTrainedTokenizerFast
 
     corpus = [
-        ConditionSpec(task=task, caption="piano and drums, upbeat pop", bpm=120, keyscale="C major",
-                      timesignature="4", duration_s=30.0, track_names=TRACK_NAMES[:2]).prompt_text()
-        for task in ("text2music", "repaint", "cover", "extract", "lego", "complete")
+        prompt_text(ConditionSpec(task=task, caption="piano and drums, upbeat pop", bpm=120, keyscale="C major",
+                                  timesignature="4", duration_s=30.0, track_names=TRACK_NAMES[:2]))
+        for task in MODEL_TASKS
     ]
-    corpus += [ConditionSpec(task="text2music", lyrics="[verse]\nla la la").lyrics_text(), " ".join(TRACK_NAMES)]
+    corpus += [lyrics_text(ConditionSpec(task="text2music", lyrics="[verse]\nla la la")), " ".join(TRACK_NAMES)]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -12,22 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect_acestep.stages.backends.protocol import TaskKind
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
-
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "turbo": ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"),
-    "base": ("base",),
-    "sft": ("sft",),
-}
-"""Config ``model_version`` -> the variants such a checkpoint can be sampled as (first = default)."""
-
-BASE_ONLY_TASKS: frozenset[TaskKind] = frozenset({"extract", "lego", "complete"})
-"""Tasks only the base model was trained on (upstream ``TASK_TYPES_BASE`` minus ``TASK_TYPES_TURBO``,
-offered for ``acestep-v15-base`` checkpoints only)."""
-
-GUIDED_FAMILIES = frozenset({"base", "sft"})
-"""Turbo checkpoints are guidance-distilled: they have no unconditional branch to guide with."""
+from prefect_acestep.stages.vocabulary import FAMILIES, is_guided, refusal
 
 
 def family_of(config: Mapping[str, Any], where: str) -> str:
@@ -47,31 +33,30 @@ def family_of(config: Mapping[str, Any], where: str) -> str:
     return version
 
 
-def resolve_variant(config: Mapping[str, Any], requested: str | None, where: str) -> tuple[str, str]:
-    """(family, variant): the config's default variant, or ``requested`` if it fits the family."""
+def resolve_variant(config: Mapping[str, Any], requested: str | None, where: str) -> str:
+    """The config's default variant, or ``requested`` if it fits the config's family."""
     family = family_of(config, where)
-    allowed = FAMILIES[family]
+    allowed = FAMILIES[family].variants
     if requested is None:
-        return family, allowed[0]
+        return allowed[0]
     if requested not in allowed:
         raise BackendLoadError(
             f"{where}: variant {requested!r} does not fit this {family} checkpoint; it can run as {list(allowed)}"
         )
-    return family, requested
+    return requested
 
 
-def check_task(family: str, variant: str, task: TaskKind) -> None:
+def check_task(variant: str, task: str) -> None:
     """Refuse a task the checkpoint was not trained for (upstream silently runs it badly)."""
-    if task in BASE_ONLY_TASKS and family != "base":
-        raise InvalidStageRequest(
-            f"task: {task} needs the base model; this checkpoint is variant {variant!r} "
-            f"(it supports {sorted({'text2music', 'repaint', 'cover'})})"
-        )
+    refused = refusal(variant, task)
+    if refused is not None:
+        raise InvalidStageRequest(f"task: {refused}")
 
 
-def check_guidance(family: str, variant: str) -> None:
+def check_guidance(variant: str) -> None:
     """Refuse classifier-free guidance on a guidance-distilled checkpoint."""
-    if family not in GUIDED_FAMILIES:
+    if not is_guided(variant):
+        guided = " and ".join(name for name, family in FAMILIES.items() if family.guided)
         raise InvalidStageRequest(
-            f"guidance: variant {variant!r} is guidance-distilled (no CFG); only base and sft checkpoints are guided"
+            f"guidance: variant {variant!r} is guidance-distilled (no CFG); only {guided} checkpoints are guided"
         )

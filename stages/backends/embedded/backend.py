@@ -19,14 +19,13 @@ from prefect_acestep.stages.backends.embedded.condition import null_condition as
 from prefect_acestep.stages.backends.embedded.digest import model_digest
 from prefect_acestep.stages.backends.embedded.observation import observe
 from prefect_acestep.stages.backends.identity import BackendIdentity
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, ConditionSpec, TaskKind
-from prefect_acestep.stages.engine.variants import VARIANTS
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM
+from prefect_acestep.stages.vocabulary import MODEL_VARIANTS, TASKS, is_guided, refusal
 
 NAME = "embedded"
 LATENT_SPACE = "embedded-music-v1"
-TRACK_TASKS = frozenset({"extract", "lego"})
-"""Tasks whose instruction must name a track for this model (it has no default stem to pick)."""
 
 _codecs: dict[torch.device, MusicCodec] = {}
 _codecs_lock = threading.Lock()
@@ -49,36 +48,36 @@ class EmbeddedContext:
 
 
 class EmbeddedBackend:
-    """The embedded model under one variant of the shared variant table (base, sft, turbo,
-    turbo-shift1, turbo-shift3, turbo-continuous). Variants share the prior; they differ as the real
-    ones do in the tasks they accept (extract, lego and complete on base only) and in guidance: the
-    guided ones (base, sft) keep part of the unconditional prior in their conditional one, so that
-    CFG matters for them as it does for the real model."""
+    """The embedded model under one of the model variants (base, sft, turbo, turbo-shift1,
+    turbo-shift3, turbo-continuous). Variants share the prior; they differ as the real ones do in
+    the tasks they accept (extract, lego and complete on base only) and in guidance: the guided ones
+    (base, sft) keep part of the unconditional prior in their conditional one, so that CFG matters
+    for them as it does for the real model."""
 
     def __init__(self, variant: str = "turbo", device: str | torch.device = "cpu") -> None:
-        if variant not in VARIANTS:
-            raise InvalidStageRequest(f"unknown embedded variant {variant!r}: expected one of {sorted(VARIANTS)}")
+        self.identity = self.identity_for(variant)
         self.device = torch.device(device)
         self.variant = variant
-        self._guided = VARIANTS[variant].uses_cfg
-        self.identity = BackendIdentity(
-            name=NAME, variant=variant, latent_space=LATENT_SPACE, weights_digest=model_digest()
-        )
+        self._guided = is_guided(variant)
         self.codec = _shared_codec(self.device)
         self.cache_resets = 0
         """How often the loop told the model to drop cached conditioning (the cover switch)."""
 
-    @property
-    def supported_tasks(self) -> frozenset[TaskKind]:
-        return VARIANTS[self.variant].tasks
+    @classmethod
+    def identity_for(cls, variant: str = "turbo", device: str | torch.device = "cpu") -> BackendIdentity:
+        """The identity of the model under ``variant``, without building it: the weights digest is
+        the digest of the model's code. ``device`` does not change the identity."""
+        del device
+        if variant not in MODEL_VARIANTS:
+            raise InvalidStageRequest(f"unknown embedded variant {variant!r}: expected one of {sorted(MODEL_VARIANTS)}")
+        return BackendIdentity(name=NAME, variant=variant, latent_space=LATENT_SPACE, weights_digest=model_digest())
 
     def encode_condition(self, spec: ConditionSpec, batch_size: int) -> EmbeddedCondition:
-        if spec.task not in self.supported_tasks:
-            raise InvalidStageRequest(
-                f"task {spec.task!r} is not supported by variant {self.variant!r}: "
-                f"it supports {sorted(self.supported_tasks)}"
-            )
-        if spec.task in TRACK_TASKS and not spec.track_names:
+        refused = refusal(self.variant, spec.task)
+        if refused is not None:
+            raise InvalidStageRequest(refused)
+        if TASKS[spec.task].tracks == "one" and not spec.track_names:
+            # The model has no default stem to pick, so a task about one track must name it.
             raise InvalidStageRequest(f"task {spec.task!r} needs track_names naming the track to {spec.task}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidStageRequest(f"batch_size must be a positive integer, got {batch_size!r}")

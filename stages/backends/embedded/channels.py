@@ -8,7 +8,7 @@ Everything else in the model (codec, templates, tracks, VQ) indexes channels thr
 
 from __future__ import annotations
 
-from prefect_acestep.stages.backends.protocol import LATENT_DIM
+from prefect_acestep.stages.geometry import LATENT_DIM
 
 PITCH_CLASSES = 12
 REGISTERS: tuple[str, ...] = ("bass", "low", "mid", "high")

@@ -28,8 +28,8 @@ from prefect_acestep.stages.backends.embedded.sounds import (
     register_partials,
     tone_window,
 )
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, LATENT_DIM, SAMPLE_RATE
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, SAMPLE_RATE
 
 SLOTS = 8
 """Basis rows per channel: up to 4 harmonics x (cos, sin); percussion uses slot 0 only."""
@@ -153,8 +153,10 @@ class MusicCodec:
         return torch.einsum("gc,gbn->bcn", self._gains, mono).contiguous()
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        if audio.ndim != 3 or audio.shape[1] != 2 or audio.shape[2] < HOP_LENGTH:
-            raise InvalidStageRequest(f"encode expects audio [B, 2, S >= {HOP_LENGTH}], got {tuple(audio.shape)}")
+        if audio.ndim != 3 or audio.shape[1] != AUDIO_CHANNELS or audio.shape[2] < HOP_LENGTH:
+            raise InvalidStageRequest(
+                f"encode expects audio [B, {AUDIO_CHANNELS}, S >= {HOP_LENGTH}], got {tuple(audio.shape)}"
+            )
         batch = audio.shape[0]
         frames = audio.shape[2] // HOP_LENGTH
         x = audio[:, :, : frames * HOP_LENGTH].to(self.device, torch.float64)

@@ -1,7 +1,7 @@
 """Conditioning of the embedded model: the caption's style and the table of scenes (tempo, metre,
 mode, tonic) the prior mixes over, from the stage's metas, and the scenes built from that table.
 
-Metas that are given pin the scene; metas left unset (None, or "" which the reference prompt also
+Metas that are given pin the scene; metas left unset (None, or "" which ACE-Step's prompt also
 renders as N/A) leave the prior to mix over candidates. The unconditional prior (CFG's uncond
 branch) drops caption and metas. Guided variants (base, sft) are not guidance-distilled: their
 conditional prior keeps a share of the unconditional one, which is what makes guidance scale > 1
@@ -20,8 +20,9 @@ from prefect_acestep.stages.backends.embedded.prior import Scene, ScenePrior
 from prefect_acestep.stages.backends.embedded.style import Style, parse_style
 from prefect_acestep.stages.backends.embedded.templates import Timing, cover_factors, harmony_factor, melody_factor, rhythm_factor
 from prefect_acestep.stages.backends.embedded.vq import CoverCodes
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, ConditionSpec
+from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import FRAME_RATE
 
 TEMPO_CANDIDATES = (80, 100, 120, 140)
 METRE_CANDIDATES = {4: 0.8, 3: 0.2}
@@ -46,7 +47,7 @@ class EmbeddedCondition:
 
 
 def _meta(value: str | None) -> str | None:
-    """Metas render "" as N/A in the reference prompt: unset, like None."""
+    """Metas render "" as N/A in ACE-Step's prompt: unset, like None."""
     return None if value is None or value.strip() == "" else value
 
 

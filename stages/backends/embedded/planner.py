@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 
 from prefect_acestep.stages.backends.embedded.harmony import NOTE_NAMES, TEMPO_RANGE, parse_keyscale
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import MAX_DURATION_S
 
 PLANNER = "embedded-rules-1"
-MAX_DURATION_S = 600.0
 
 TEMPO_WORDS: tuple[tuple[tuple[str, ...], int], ...] = (
     (("drum and bass", "dnb", "jungle"), 172),

@@ -22,7 +22,7 @@ import torch
 
 from prefect_acestep.stages.backends.embedded.channels import PITCH_CLASSES
 from prefect_acestep.stages.backends.embedded.factors import Factor
-from prefect_acestep.stages.backends.protocol import LATENT_DIM
+from prefect_acestep.stages.geometry import LATENT_DIM
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from prefect_acestep.stages.backends.embedded.channels import PERCUSSION, REGISTERS
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE
+from prefect_acestep.stages.geometry import HOP_LENGTH, SAMPLE_RATE
 
 KERNEL_LENGTH = 2 * HOP_LENGTH
 """Length of every kernel's support (tones use the first ``TONE_LENGTH`` samples of it)."""

@@ -30,7 +30,7 @@ from prefect_acestep.stages.backends.embedded.harmony import (
 from prefect_acestep.stages.backends.embedded.style import Style
 from prefect_acestep.stages.backends.embedded.tracks import PART_CHANNELS
 from prefect_acestep.stages.backends.embedded.vq import CoverCodes
-from prefect_acestep.stages.backends.protocol import FRAME_RATE, VQ_POOL
+from prefect_acestep.stages.geometry import FRAME_RATE, VQ_POOL
 
 PART_AMPLITUDE = {"bass": 1.0, "low": 0.55, "mid": 0.5, "lead": 0.8}
 HARMONY_PARTS = ("bass", "low", "mid")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from prefect_acestep.stages.backends.embedded.channels import DRUM_KIT, EFFECTS, HAND_PERCUSSION, register_channels
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, TRACK_NAMES
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM
+from prefect_acestep.stages.vocabulary import TRACK_NAMES
 
 PARTS: tuple[str, ...] = ("bass", "low", "mid", "lead", "drums", "percussion", "fx")
 PITCHED_PARTS: tuple[str, ...] = ("bass", "low", "mid", "lead")

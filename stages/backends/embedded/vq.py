@@ -14,8 +14,8 @@ import torch
 
 from prefect_acestep.stages.backends.embedded.channels import PITCH_CLASSES
 from prefect_acestep.stages.backends.embedded.tracks import PART_CHANNELS
-from prefect_acestep.stages.backends.protocol import LATENT_DIM, VQ_POOL
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.geometry import LATENT_DIM, VQ_POOL
 
 CHROMA_LEVELS = 5
 ENERGY_LEVELS = 8

@@ -1,8 +1,9 @@
-"""Can this stored latent feed this run? (spec section 8, plus the latent space.)
+"""Can this stored latent feed this run? Latent space, variant, shape, sample index and dtype.
 
 Checked before any model work, each failure an ``IncompatibleLatent`` naming what was expected and
-what was found. The variant check may be waived explicitly (``allow_cross_variant``) but never the
-latent space: latents of different spaces are different coordinates, not a quality risk.
+what was found. The variant check may be waived explicitly (``allow_cross_variant``: a latent of
+another variant of the same latent space works, at an unpredictable quality) but never the latent
+space: latents of different spaces are different coordinates, not a quality risk.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import torch
 from loguru import logger
 
 from prefect_acestep.stages.backends.identity import BackendIdentity
-from prefect_acestep.stages.backends.protocol import LATENT_DIM
 from prefect_acestep.stages.errors import IncompatibleLatent
+from prefect_acestep.stages.geometry import LATENT_DIM
 from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.vocabulary import IMPORT_STAGE
 
 SAFE_CASTS = frozenset({torch.float16, torch.bfloat16, torch.float64})
 
@@ -23,7 +25,7 @@ def check_source(record: LatentRecord, model: BackendIdentity, *, sample_index: 
     if record.backend.latent_space != model.latent_space:
         raise IncompatibleLatent(record.id, "latent space", model.latent_space, record.backend.latent_space)
     # Imported audio was only VAE-encoded, which every variant of a latent space shares.
-    if record.stage_type != "import" and record.backend.variant != model.variant and not allow_cross_variant:
+    if record.stage_type != IMPORT_STAGE and record.backend.variant != model.variant and not allow_cross_variant:
         raise IncompatibleLatent(
             record.id,
             "model variant (set allow_cross_variant to use it anyway)",

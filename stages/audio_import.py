@@ -1,8 +1,8 @@
 """User audio (a path or an http(s) URL) into the store as an encoded latent.
 
-This is the spec's ``audio_store`` upload: the returned ID is what ``src_audio_id`` names. The
-latent is the backend's VAE encoding of the audio, recorded as stage type ``import`` with the
-source and the audio's digest, so audio tasks use it without another decode/encode round trip.
+This is how user audio becomes a source: the returned ID is what ``src_audio_id`` names. The latent
+is the backend's VAE encoding of the audio, recorded as stage type ``import`` with the source and
+the audio's digest, so audio tasks use it without another decode/encode round trip.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import hashlib
 import torch
 
 from prefect_acestep.stages.audio import import_audio
-from prefect_acestep.stages.backends.protocol import HOP_LENGTH, SAMPLE_RATE, Backend
+from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.errors import AudioError
+from prefect_acestep.stages.geometry import HOP_LENGTH, SAMPLE_RATE
 from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.stages.vocabulary import IMPORT_STAGE
 
 
 def import_audio_latent(
@@ -36,7 +38,7 @@ def import_audio_latent(
     latents = backend.vae_encode(audio.unsqueeze(0).to(backend.device)).to(torch.float32).cpu().contiguous()
     return store.put(
         latents,
-        stage_type="import",
+        stage_type=IMPORT_STAGE,
         backend=backend.identity,
         params={"source": str(source), "audio_sha256": digest, "seconds": frames * HOP_LENGTH / SAMPLE_RATE},
         seeds=[],

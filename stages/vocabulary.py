@@ -1,0 +1,176 @@
+"""The stage vocabulary: every stage type, the model task it runs, what it reads, which variants run it.
+
+This is the one place where stage types, model tasks, track names and model variants are named.
+The request models' ``Literal`` types and rules, the runner's source modes, the loop's checks, the
+task context and both backends' refusals are all read from the tables below, so they cannot drift
+apart. The module imports nothing else of the project, so every layer may use it.
+
+Adding a stage type is one row of ``STAGES`` plus its conditioning: the instruction text the
+ACE-Step backend writes for its task (``backends/acestep/prompt.py``), and, for a new task, how the
+embedded model reads it (``backends/embedded/observation.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TRACK_NAMES: tuple[str, ...] = (
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+)  # fmt: skip
+"""The track (stem) names ACE-Step 1.5 was trained on, in its own order."""
+TrackName = Literal[TRACK_NAMES]  # type: ignore[valid-type]  # Literal[tuple] spreads the names
+
+
+# --- model variants ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """Checkpoints trained alike. Its variants share weights and differ only in how they are sampled."""
+
+    name: str
+    variants: tuple[str, ...]
+    """The variant names it can be sampled as; the first is what its config means by default."""
+    guided: bool
+    """Trained for classifier-free guidance; turbo checkpoints are guidance-distilled (no uncond branch)."""
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("base", ("base",), guided=True),
+        Family("sft", ("sft",), guided=True),
+        # The turbo sampling flavours ship with one config (model_version "turbo").
+        Family("turbo", ("turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"), guided=False),
+    )
+}
+"""Keyed by the ``model_version`` a checkpoint's transformer config names."""
+
+VARIANT_FAMILY: dict[str, str] = {variant: family.name for family in FAMILIES.values() for variant in family.variants}
+"""Model variant -> its family."""
+
+MODEL_VARIANTS: tuple[str, ...] = tuple(VARIANT_FAMILY)
+ModelVariant = Literal[MODEL_VARIANTS]  # type: ignore[valid-type]
+
+ALL_FAMILIES: frozenset[str] = frozenset(FAMILIES)
+BASE_ONLY: frozenset[str] = frozenset({"base"})
+
+
+def is_guided(variant: str) -> bool:
+    """Whether ``variant`` has an unconditional branch that classifier-free guidance can use."""
+    return FAMILIES[VARIANT_FAMILY[variant]].guided
+
+
+# --- stage types and model tasks ----------------------------------------------------------------
+
+Context = Literal["silence", "source", "codes"]
+"""What the model is given as context besides the noisy latent:
+
+- ``silence``: nothing (the silence latent): text2music, whether from noise or from an init latent;
+- ``source``: the source latents, with a chunk mask saying which frames to generate;
+- ``codes``: the source's VQ codes for the first ``audio_cover_strength`` of the steps, then
+  nothing (cover).
+"""
+Window = Literal["none", "optional", "required"]
+"""Whether a task takes a window ``[start, end)`` of the source to generate (the rest is kept);
+without an optional window the whole source is generated."""
+Tracks = Literal["none", "one", "any"]
+"""How many tracks a task's instruction names: none, exactly one, or any number (none included)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage type: the model task it runs and what it needs (one row of ``STAGES``)."""
+
+    kind: str
+    task: str
+    """The conditioning task as the model sees it."""
+    needs_source: bool
+    """A stage without a source latent (or imported audio) is refused before any work."""
+    context: Context
+    window: Window
+    tracks: Tracks
+    families: frozenset[str]
+    """Variant families trained for the task (upstream offers extract, lego, complete on base only)."""
+
+    @property
+    def reads_audio(self) -> bool:
+        """The source is audio to the model (decoded and re-encoded, then given as context), not
+        an init latent to partially denoise."""
+        return self.context != "silence"
+
+
+STAGES: dict[str, Stage] = {
+    stage.kind: stage
+    for stage in (
+        #     kind        task          needs_source context    window      tracks  families
+        Stage("generate", "text2music", False, "silence", "none", "none", ALL_FAMILIES),
+        Stage("refine", "text2music", True, "silence", "none", "none", ALL_FAMILIES),
+        Stage("cover", "cover", True, "codes", "none", "none", ALL_FAMILIES),
+        Stage("repaint", "repaint", True, "source", "required", "none", ALL_FAMILIES),
+        Stage("extract", "extract", True, "source", "none", "one", BASE_ONLY),
+        Stage("lego", "lego", True, "source", "optional", "one", BASE_ONLY),
+        Stage("complete", "complete", True, "source", "none", "any", BASE_ONLY),
+    )
+}  # fmt: skip
+
+STAGE_KINDS: tuple[str, ...] = tuple(STAGES)
+StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]
+"""Stage types that run a diffusion pass."""
+
+IMPORT_STAGE = "import"
+"""The stage type recorded on a latent encoded from user audio rather than diffused."""
+RECORD_STAGE_TYPES: tuple[str, ...] = (*STAGE_KINDS, IMPORT_STAGE)
+StageType = Literal[RECORD_STAGE_TYPES]  # type: ignore[valid-type]
+"""Stage types a stored latent records."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model task reads, whichever stage type runs it (derived from ``STAGES``)."""
+
+    name: str
+    context: Context
+    window: Window
+    tracks: Tracks
+    families: frozenset[str]
+
+
+def _tasks() -> dict[str, Task]:
+    tasks: dict[str, Task] = {}
+    for stage in STAGES.values():
+        task = Task(stage.task, stage.context, stage.window, stage.tracks, stage.families)
+        if tasks.setdefault(stage.task, task) != task:
+            raise RuntimeError(f"stage {stage.kind!r} reads task {stage.task!r} unlike the stages before it")
+    return tasks
+
+
+TASKS: dict[str, Task] = _tasks()
+MODEL_TASKS: tuple[str, ...] = tuple(TASKS)
+TaskKind = Literal[MODEL_TASKS]  # type: ignore[valid-type]
+"""Conditioning task as the model sees it (generate and refine are both text2music)."""
+
+
+def runs(variant: str, task: str) -> bool:
+    """Whether model ``variant`` was trained for ``task``."""
+    return VARIANT_FAMILY[variant] in TASKS[task].families
+
+
+def tasks_of(variant: str) -> tuple[str, ...]:
+    """The tasks ``variant`` runs, in table order."""
+    return tuple(task for task in MODEL_TASKS if runs(variant, task))
+
+
+def refusal(variant: str, task: str) -> str | None:
+    """Why ``variant`` may not run ``task`` (one sentence for every layer's error), else None."""
+    if task not in TASKS:
+        return f"unknown task {task!r}; known: {list(MODEL_TASKS)}"
+    if runs(variant, task):
+        return None
+    trained = " and ".join(sorted(TASKS[task].families))
+    return (
+        f"task {task!r} is not supported by variant {variant!r}: only {trained} checkpoints were trained "
+        f"for it; variant {variant!r} runs {list(tasks_of(variant))}"
+    )
