@@ -4,10 +4,12 @@ Prefect's default ``INPUTS`` policy hashes pickled arguments; two requests that 
 would miss, and one that names a latent ID would hit after the latent changed. Our key is what
 determines the output: the stage type and canonical params (seed included, source fields replaced
 by the source's content digest), the backend identity (name, variant, latent space, weights) and a
-code version. A run with a random seed (-1) has nothing to reuse and is never cached.
+code version. A run with a random seed (-1) has nothing to reuse and is never cached. The identity
+comes from the backend registry without building the model, so a cache hit on a fresh worker loads
+no weights.
 
-Design invariant 7 (a cache hit never returns a latent ID that no longer resolves): the key carries
-a generation suffix. If the record under generation g names a latent that is gone (deleted,
+A cache hit must never return a latent ID that no longer resolves, so the key carries a generation
+suffix. If the record under generation g names a latent that is gone (deleted,
 expired, corrupt), the key moves to g + 1, which has no record, so the stage recomputes and
 commits there. Dead records are left to expire; no storage backend needs a delete for this.
 """
@@ -23,9 +25,10 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from prefect_acestep.stages.backends.registry import backend_identity
 from prefect_acestep.stages.errors import StageError
 from prefect_acestep.stages.params import StageParams
-from prefect_acestep.stages.runner import backend_for, source_latent_id
+from prefect_acestep.stages.runner import source_latent_id
 from prefect_acestep.stages.store import LatentStore
 
 CODE_VERSION = f"prefect-acestep/{version('prefect-acestep')}/cache-v1"
@@ -43,7 +46,7 @@ def content_key(params: StageParams, store: LatentStore, stage_latents: dict[int
         "code": CODE_VERSION,
         "params": params.model_dump(mode="json", exclude=set(SOURCE_FIELDS)),
         "source": source_digest,
-        "backend": backend_for(params).identity.model_dump(mode="json"),
+        "backend": backend_identity(params.backend, variant=params.variant).model_dump(mode="json"),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -1,5 +1,6 @@
-"""How the command line talks: JSON for scripts (``--json``), tables for people, and one line per
-typed error with a non-zero exit."""
+"""How the command line talks: tables and sentences for people, the same as JSON for scripts
+(``--json``), JSON documents from the commands whose output is a record or a request, and one line
+per typed error with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -30,10 +31,15 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def document(value: Any) -> None:
+    """Print ``value`` as JSON on stdout."""
+    typer.echo(json.dumps(to_jsonable(value), indent=2, default=str))
+
+
 def emit(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     """Print ``value`` as JSON on stdout, or let ``human`` render it for a person."""
     if as_json:
-        typer.echo(json.dumps(to_jsonable(value), indent=2, default=str))
+        document(value)
     else:
         human(value)
 
