@@ -9,9 +9,8 @@ comes from the backend registry without building the model, so a cache hit on a 
 no weights.
 
 A cache hit must never return a latent ID that no longer resolves, so the key carries a generation
-suffix. If the record under generation g names a latent that is gone (deleted,
-expired, corrupt), the key moves to g + 1, which has no record, so the stage recomputes and
-commits there. Dead records are left to expire; no storage backend needs a delete for this.
+suffix. If the record under generation g names a latent that is gone (deleted, expired, corrupt),
+the key moves to g + 1, which has no record, so the stage recomputes and commits there. Dead records are left to expire; no storage backend needs a delete for this.
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ def wav_tone(path: Path, seconds: float = 2.0) -> Path:
 
 
 def test_existing_requests_without_the_new_fields_still_run(tmp_path: Path) -> None:
-    """The web app's request shape (legacy names, no source/checkpoint/variant fields) runs, and its
-    results carry every field the old result payload had."""
+    """The legacy request shape (``type``, ``steps``, ``input_stage``; no source, checkpoint or
+    variant fields) runs, and its results carry every field the old result payload had."""
     legacy = {
         "caption": "soft lofi beat",
         "duration": 2,

@@ -16,7 +16,7 @@ import typer
 
 from prefect_acestep.flows.cli import latents
 from prefect_acestep.flows.cli.demo import run_demo
-from prefect_acestep.flows.cli.output import document, emit, table, typed_errors
+from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
 from prefect_acestep.stages.conversions import custom_to_stage, restore
 from prefect_acestep.stages.decode import decode_latent
@@ -39,15 +39,7 @@ OutOption = Annotated[
 
 
 def _results_table(hops: list[list[StageResult]]) -> None:
-    rows = []
-    for index, results in enumerate(hops):
-        for result in results:
-            checkpoints = ", ".join(f"{c.step}:{c.latent_id}" for c in result.checkpoints)
-            rows.append(
-                [index, result.params.stage_type, result.latent_id, result.sample_index, result.seed,
-                 checkpoints, result.audio_path]
-            )  # fmt: skip
-    table("Stages", ["#", "stage", "latent", "sample", "seed", "checkpoints", "audio"], rows)
+    table("Stages", RESULT_COLUMNS, result_rows(hops))
 
 
 def _out(out: Path | None) -> str | None:

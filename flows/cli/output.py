@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_acestep.stages.errors import StageError
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.artifacts import checkpoint_summary
 
 console = Console(stderr=True)
 EXIT_ERROR = 2
@@ -52,6 +54,19 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         view.add_row(*("-" if cell is None else str(cell) for cell in row))
     # A pipe or CI log has no width: rich would assume 80 columns and fold every latent ID.
     Console(width=None if sys.stdout.isatty() else 220).print(view)
+
+
+RESULT_COLUMNS = ["#", "stage", "latent", "sample", "seed", "checkpoints", "audio"]
+
+
+def result_rows(hops: Sequence[Sequence[StageResult]]) -> list[list[Any]]:
+    """One ``RESULT_COLUMNS`` row per sample of each stage."""
+    return [
+        [index, result.params.stage_type, result.latent_id, result.sample_index, result.seed,
+         checkpoint_summary(result), result.audio_path]
+        for index, results in enumerate(hops)
+        for result in results
+    ]  # fmt: skip
 
 
 def _first_line(error: BaseException) -> str:
