@@ -45,14 +45,18 @@ def fast_prefect(prefect_server) -> Iterator[None]:
 
 
 @pytest.fixture
-def latent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The default store (``ACE_LATENT_DIR``) and audio directory, both under ``tmp_path``."""
+def latent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The default store (``ACE_LATENT_DIR``) and audio directory, both under ``tmp_path``. The
+    stores the test opened are closed after it, as a worker's are at exit."""
+    from prefect_acestep.tasks.open_stores import close_stores
+
     root = tmp_path / "latents"
     monkeypatch.setenv("ACE_LATENT_DIR", str(root))
     monkeypatch.setenv("ACE_LATENT_TTL_HOURS", "24")
     monkeypatch.setenv("ACE_AUDIO_DIR", str(tmp_path / "audio"))
     monkeypatch.delenv("ACE_GPU_CONCURRENCY_LIMIT", raising=False)
-    return root
+    yield root
+    close_stores()
 
 
 @pytest.fixture(scope="module")
