@@ -1,4 +1,4 @@
-"""Prefect layer benchmark (issue 4): ratios measured in one run, absolute times for information.
+"""Prefect layer benchmark: ratios measured in one run, absolute times for information.
 
 1. Orchestration overhead per stage: a three-stage pipeline through ``pipeline_flow`` (fresh seeds,
    so nothing is cached) against the same stages through ``run_stage`` plus ``decode_latent`` of
@@ -28,7 +28,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,46 +51,19 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from prefect_acestep import pipeline_flow  # noqa: E402
-from prefect_acestep.stages.backends.embedded import EmbeddedBackend  # noqa: E402
-from prefect_acestep.stages.backends.registry import load_backend, register_backend  # noqa: E402
 from prefect_acestep.stages.decode import decode_latent  # noqa: E402
 from prefect_acestep.stages.requests import PipelineRequest  # noqa: E402
 from prefect_acestep.stages.runner import run_stage  # noqa: E402
 from prefect_acestep.tasks.blocks import AceLatentStore  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.flow_helpers import counting, register_counting  # noqa: E402  (the embedded model, its calls counted)
+from tests.prefect_stack import free_port  # noqa: E402
+
 BACKEND = "bench-counting"
 STAGES = 3
 BARE_TASKS = 20
 SETTLE_S = 1.0
-
-
-class CountingBackend(EmbeddedBackend):
-    """The embedded model, counting every model call (what a cache hit must not make)."""
-
-    def __init__(self, variant: str = "turbo") -> None:
-        super().__init__(variant=variant)
-        self.identity = self.identity.model_copy(update={"name": BACKEND})
-        self.calls: Counter[str] = Counter()
-
-    def encode_condition(self, spec, batch_size):
-        self.calls["encode_condition"] += 1
-        return super().encode_condition(spec, batch_size)
-
-    def velocity(self, x_t, t, cond, context):
-        self.calls["velocity"] += 1
-        return super().velocity(x_t, t, cond, context)
-
-    def vae_encode(self, audio):
-        self.calls["vae_encode"] += 1
-        return super().vae_encode(audio)
-
-    def vae_decode(self, latents):
-        self.calls["vae_decode"] += 1
-        return super().vae_decode(latents)
-
-    def tokenize(self, latents):
-        self.calls["tokenize"] += 1
-        return super().tokenize(latents)
 
 
 def request(seed: int, duration: float) -> PipelineRequest:
@@ -202,8 +174,7 @@ def heartbeats(on: bool) -> Iterator[None]:
 def measure(
     repeats: int, duration: float, seeds: Iterator[int], heartbeat: bool, api: ApiClock, out: str
 ) -> dict[str, float]:
-    model = load_backend(BACKEND, variant="turbo")
-    assert isinstance(model, CountingBackend)
+    model = counting(BACKEND)
     direct_s, first, second, empty, tasks = [], [], [], [], []
     first_calls: list[int] = []
     second_calls: Counter[str] = Counter()
@@ -259,12 +230,6 @@ def pg_bin() -> Path | None:
     """Where PostgreSQL's server programs are (``initdb`` on PATH), if installed."""
     initdb = shutil.which("initdb")
     return None if initdb is None else Path(initdb).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -339,7 +304,7 @@ def main() -> None:
     parser.add_argument("--server", choices=[*SERVERS, "both"], default="both",
                         help="database of the Prefect server; both skips postgres when it is not installed")  # fmt: skip
     args = parser.parse_args()
-    register_backend(BACKEND, CountingBackend)
+    register_counting(BACKEND)
     seeds = iter(range(1000, 10**6, 10))
     print(f"flow bench: {STAGES}-stage pipeline (generate -> refine -> repaint), {args.duration:g} s of audio, "
           f"turbo 8 steps, embedded backend, median of {args.repeats}")  # fmt: skip

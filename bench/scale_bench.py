@@ -38,7 +38,7 @@ from prefect_acestep.stages.decode import decode_latent
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.runner import run_stage
 from prefect_acestep.stages.store import LatentStore
-from prefect_acestep.tasks.blocks import LATENT_DIR_ENV, AceLatentStore
+from prefect_acestep.tasks.blocks import LATENT_DIR_ENV
 from prefect_acestep.tasks.scoring import score_file
 
 TARGET = 1.6
@@ -102,21 +102,6 @@ def warm_up(args: argparse.Namespace, client: Client, root: str, work: Path) -> 
     timed_flow(small, client.scheduler_info()["address"], root, work / "warm-audio", offset=500)
 
 
-def block_takes_urls(work: Path) -> str | None:
-    """None when the store block opens a URL root as a remote store; else why not. Probed in a
-    scratch working directory, since a block that treats the URL as a path creates directories."""
-    here = Path.cwd()
-    os.chdir(work)
-    try:
-        if not AceLatentStore(root="memory://scale-bench-probe").get_store().remote:
-            return "AceLatentStore.get_store() opens a URL root as a local path"
-    except Exception as error:  # noqa: BLE001 - any failure means "not usable"; it is printed
-        return f"AceLatentStore.get_store() fails on a URL root ({type(error).__name__}: {error})"
-    finally:
-        os.chdir(here)
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variations", type=int, default=8)
@@ -133,16 +118,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     print(f"{args.variations} variations of {args.variant}, {args.duration:g} s, {args.steps} steps; "
           f"cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    remote_unavailable = block_takes_urls(work)
     with ExitStack() as stack:
-        bucket_url = None
-        if remote_unavailable is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from s3_server import DUMMY_AWS_ENV, new_bucket, s3_server  # the tests' S3 API on 127.0.0.1
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.s3_server import DUMMY_AWS_ENV, new_bucket, s3_server  # the tests' S3 API on 127.0.0.1
 
-            endpoint = stack.enter_context(s3_server())
-            os.environ.update({**DUMMY_AWS_ENV, "AWS_ENDPOINT_URL": endpoint})  # before the workers start
-            bucket_url = f"s3://{new_bucket(endpoint)}"
+        endpoint = stack.enter_context(s3_server())
+        os.environ.update({**DUMMY_AWS_ENV, "AWS_ENDPOINT_URL": endpoint})  # before the workers start
+        bucket_url = f"s3://{new_bucket(endpoint)}"
         stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         one = stack.enter_context(Client(stack.enter_context(local_cluster(n_workers=1, **CLUSTER))))
         many = stack.enter_context(Client(stack.enter_context(local_cluster(n_workers=args.workers, **CLUSTER))))
@@ -165,9 +147,6 @@ def main() -> None:
         verdict = "meets" if ratio >= TARGET else "MISSES"
         print(f"speedup: {ratio:.2f}x ({verdict} the {TARGET}x target; {ratio / ceiling:.0%} of the ceiling); "
               f"flow vs plain Dask on 1 worker: {serial_s / raw_one:.2f}x; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-        if bucket_url is None:
-            print(f"remote store: not available yet through the flows: {remote_unavailable}")
-            return
         many_at = many.scheduler_info()["address"]
         timed_flow(argparse.Namespace(**{**vars(args), "variations": 4, "duration": 2.0}), many_at,
                    f"{bucket_url}/warm", work / "warm-audio", offset=500)  # fmt: skip

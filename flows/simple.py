@@ -15,7 +15,8 @@ from prefect_acestep.tasks.blocks import AceLatentStore
 def planned_request(request: SimpleRequest) -> tuple[GenerateRequest, dict]:
     """The custom request simple mode runs, and the planner's metadata. The planner fills caption,
     bpm, key, time signature and (when the request leaves it unset) duration; the request's own
-    fields (instrumental, vocal language, seed, variant, batch) are kept as given (spec 6)."""
+    fields (instrumental, vocal language, seed, variant, batch) are kept as given: the planner
+    describes the music, it does not override what the user chose."""
     custom = simple_to_custom(request)
     planned = plan(request.description)
     duration = request.duration if request.duration is not None else planned.duration

@@ -24,6 +24,7 @@ from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.seeds import draw_base_seed
+from prefect_acestep.tasks.artifacts import key_values
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
 from prefect_acestep.tasks.stage_tasks import stage_task_for
@@ -44,7 +45,7 @@ class Variation(BaseModel):
     @property
     def label(self) -> str:
         """What this variation changes, e.g. ``seed=7`` or ``guidance_scale=5.0, seed=3``."""
-        return ", ".join(f"{name}={value}" for name, value in self.changes.items()) or "as requested"
+        return key_values(self.changes, empty="as requested")
 
 
 class RankedSample(BaseModel):
@@ -151,7 +152,7 @@ def fan_out_flow(
     runs = stage.map(params, unmapped(store), pipeline_id=unmapped(pipeline_id))
     labels = [f"{metric} {variation.label}" for variation in variations]
     scores = score_task.map(runs, unmapped(store), unmapped(out_dir), unmapped(metric), labels)
-    return list(zip(runs.result(), scores.result()))
+    return list(zip(runs.result(), scores.result(), strict=True))
 
 
 def local_cluster(**cluster_kwargs: Any) -> Any:
@@ -191,8 +192,8 @@ def rank(
     """Every sample of every variation, best score first (ties: earlier variation, then sample)."""
     entries = [
         (variation, result, score)
-        for variation, (results, scores) in zip(variations, outputs)
-        for result, score in zip(results, scores)
+        for variation, (results, scores) in zip(variations, outputs, strict=True)
+        for result, score in zip(results, scores, strict=True)
     ]
     entries.sort(key=lambda entry: (-entry[2].score, entry[0].index, entry[1].sample_index))
     return [
@@ -208,7 +209,7 @@ def ranking_rows(ranked: list[RankedSample]) -> list[dict[str, Any]]:
             "rank": entry.rank,
             "score": round(entry.score.score, 4),
             "variation": entry.variation,
-            "changes": ", ".join(f"{name}={value}" for name, value in entry.changes.items()) or "as requested",
+            "changes": key_values(entry.changes, empty="as requested"),
             "seed": entry.score.seed,
             "latent_id": entry.score.latent_id,
             "sample": entry.score.sample_index,

@@ -8,7 +8,7 @@ output; the ``publish_*`` functions only hand that output to Prefect.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,10 +23,22 @@ from prefect_acestep.stages.engine.loop import StepInfo
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.results import StageResult
 
+def key_values(values: Mapping[str, Any], empty: str) -> str:
+    """``name=value, ...``, or ``empty`` when there are none."""
+    return ", ".join(f"{name}={value}" for name, value in values.items()) if values else empty
+
+
+def checkpoint_summary(result: StageResult) -> str | None:
+    """``step: latent ID`` of each stored checkpoint, or None when the run stored none."""
+    return ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) if result.checkpoints else None
+
+
 def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
-    """One row per sample: the fields the issue asks for, flattened for the UI's table view."""
+    """One row per sample (latent, seed, steps, checkpoints, timings, backend, audio), flattened
+    for the UI's table view."""
     rows = []
     for result in results:
+        checkpoints = checkpoint_summary(result)
         rows.append(
             {
                 "stage": result.params.stage_type,
@@ -35,7 +47,7 @@ def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
                 "seed": result.seed,
                 "steps": f"{result.start_step}..{result.total_steps}",
                 "t_start": round(result.t_start, 4),
-                "checkpoints": ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) or "none",
+                "checkpoints": "none" if checkpoints is None else checkpoints,
                 "diffusion_s": round(result.timings.get("diffusion", 0.0), 3),
                 "total_s": round(sum(result.timings.values()), 3),
                 "backend": f"{result.backend.name}/{result.backend.variant}",
@@ -61,7 +73,7 @@ def lineage_markdown(title: str, hops: Sequence[Sequence[StageResult]], audio_di
         first = results[0]
         params = first.params
         source = params.src_latent_id if params.src_latent_id is not None else params.src_audio_id
-        changes = ", ".join(f"{k}={v}" for k, v in changed_params(previous, params).items()) or "-"
+        changes = key_values(changed_params(previous, params), empty="-")
         audio = "<br>".join(r.audio_path for r in results if r.audio_path is not None) or "-"
         seeds = ", ".join(str(r.seed) for r in results)
         lines.append(

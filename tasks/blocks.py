@@ -15,6 +15,8 @@ from pydantic import Field
 
 from prefect.blocks.core import Block
 
+from prefect_acestep.tasks.open_stores import open_store
+
 if TYPE_CHECKING:
     from prefect_acestep.stages.store import LatentStore
 
@@ -96,8 +98,6 @@ class AceLatentStore(Block):
         return cls.from_env() if name is None else cls.load(name)
 
     def get_store(self) -> "LatentStore":
-        from prefect_acestep.stages.store import LatentStore
-
-        return LatentStore(
-            self.root, ttl_hours=self.ttl_hours, max_bytes=self.max_bytes, storage_options=self.storage_options
-        )
+        """The store this block configures, opened once per process and shared by its tasks and
+        threads (``prefect_acestep.tasks.open_stores``)."""
+        return open_store(self.root, self.ttl_hours, self.max_bytes, self.storage_options)

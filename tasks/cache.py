@@ -4,12 +4,13 @@ Prefect's default ``INPUTS`` policy hashes pickled arguments; two requests that 
 would miss, and one that names a latent ID would hit after the latent changed. Our key is what
 determines the output: the stage type and canonical params (seed included, source fields replaced
 by the source's content digest), the backend identity (name, variant, latent space, weights) and a
-code version. A run with a random seed (-1) has nothing to reuse and is never cached.
+code version. A run with a random seed (-1) has nothing to reuse and is never cached. The identity
+comes from the backend registry without building the model, so a cache hit on a fresh worker loads
+no weights.
 
-Design invariant 7 (a cache hit never returns a latent ID that no longer resolves): the key carries
-a generation suffix. If the record under generation g names a latent that is gone (deleted,
-expired, corrupt), the key moves to g + 1, which has no record, so the stage recomputes and
-commits there. Dead records are left to expire; no storage backend needs a delete for this.
+A cache hit must never return a latent ID that no longer resolves, so the key carries a generation
+suffix. If the record under generation g names a latent that is gone (deleted, expired, corrupt),
+the key moves to g + 1, which has no record, so the stage recomputes and commits there. Dead records are left to expire; no storage backend needs a delete for this.
 """
 
 from __future__ import annotations

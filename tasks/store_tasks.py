@@ -43,10 +43,10 @@ def decode_task(
 def import_audio_task(
     source: str, store: AceLatentStore, backend: str = "embedded", variant: str = "turbo", pin: bool = False
 ) -> str:
-    """Import audio from a local path or http(s) URL; returns the latent ID for ``src_audio_id``."""
-    model = load_backend(backend, variant=variant)
+    """Import audio from a local path or http(s) URL; returns the latent ID for ``src_audio_id``.
+    Building the backend happens inside the GPU slot too: it puts the weights on the device."""
     with backend_slot(configured_limit()):
-        return import_audio_latent(source, store.get_store(), model, pin=pin)
+        return import_audio_latent(source, store.get_store(), load_backend(backend, variant=variant), pin=pin)
 
 
 @task(name="pin", task_run_name="pin {latent_id}", tags=["acestep"])

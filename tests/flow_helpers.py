@@ -1,10 +1,14 @@
-"""Shared pieces of the orchestration tests: a counting backend, store/run fixtures, API readers.
+"""Shared pieces of the orchestration tests: a counting backend, request builders, API readers.
+(The fixtures they share are in ``tests/conftest.py``.)
 
 ``CountingBackend`` is the real embedded model under another registered name: every model call
 still runs, and is also counted in memory and, when a call log is given, appended to a file with
 the process id and the call's start and end times, so a test can see what other processes or
-threads did. It can also raise queued faults before a call (retry tests) and sleep inside
-``velocity`` (to hold a stage open long enough for another one to collide with it).
+threads did. Building the backend is logged too (as a ``build`` call), and the registry is told
+its identity without building it, as a real backend's factory does. It can also raise queued faults
+before a call (retry tests), sleep inside ``velocity`` (to hold a stage open long enough for another
+one to collide with it), and wait at a barrier in ``velocity`` (to prove that two runs are inside
+the model at the same time).
 """
 
 from __future__ import annotations
@@ -13,24 +17,27 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import pytest
 import torch
+from prefect import flow
 
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.backends.registry import load_backend, register_backend
-
-COUNTED = ("encode_condition", "velocity", "vae_encode", "vae_decode", "tokenize", "detokenize")
-CALL_LOG_ENV = "ACE_TEST_CALL_LOG"
-"""A subprocess registering a counting backend appends its calls to this file when set."""
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 SHORT_STAGE: dict[str, Any] = {"duration": 2.0, "inference_steps": 4}
 """Enough for every code path (4 steps allow checkpoints and partial denoising), fast on 2 cores."""
+CAPTION = "warm piano ballad with soft drums"
 
 
 class CountingBackend(EmbeddedBackend):
@@ -44,14 +51,23 @@ class CountingBackend(EmbeddedBackend):
         name: str,
         call_log: Path | None = None,
         velocity_delay_s: float = 0.0,
+        rendezvous: threading.Barrier | None = None,
     ) -> None:
+        start = time.time()
         super().__init__(variant=variant, device=device)
-        self.identity = self.identity.model_copy(update={"name": name})
+        self.identity = self.identity_of(name, variant=variant)
         self.calls: Counter[str] = Counter()
         self.faults: dict[str, list[BaseException]] = defaultdict(list)
         self.call_log = call_log
         self.velocity_delay_s = velocity_delay_s
+        self.rendezvous = rendezvous
         self._lock = threading.Lock()
+        self._log("build", start, time.time())
+
+    @staticmethod
+    def identity_of(name: str, **options: Any) -> BackendIdentity:
+        """The identity an instance registered as ``name`` has, known without building one."""
+        return EmbeddedBackend.identity_for(**options).model_copy(update={"name": name})
 
     def inject(self, method: str, *errors: BaseException) -> None:
         """Raise ``errors`` one by one on the next calls of ``method`` (before the call is counted)."""
@@ -67,15 +83,19 @@ class CountingBackend(EmbeddedBackend):
                 raise self.faults[method].pop(0)
             self.calls[method] += 1
         start = time.time()
+        if method == "velocity" and self.rendezvous is not None:
+            self.rendezvous.wait()
         if method == "velocity" and self.velocity_delay_s > 0:
             time.sleep(self.velocity_delay_s)
         result = run()
-        end = time.time()
+        self._log(method, start, time.time())
+        return result
+
+    def _log(self, method: str, start: float, end: float) -> None:
         if self.call_log is not None:
             line = f"{os.getpid()} {threading.get_ident()} {method} {start:.6f} {end:.6f}\n"
             with self._lock, self.call_log.open("a") as log:
                 log.write(line)
-        return result
 
     def encode_condition(self, spec, batch_size):
         return self._call("encode_condition", lambda: super(CountingBackend, self).encode_condition(spec, batch_size))
@@ -96,19 +116,21 @@ class CountingBackend(EmbeddedBackend):
         return self._call("detokenize", lambda: super(CountingBackend, self).detokenize(codes, frames))
 
 
-def register_counting(name: str, *, call_log: Path | None = None, velocity_delay_s: float = 0.0) -> None:
+def register_counting(
+    name: str,
+    *,
+    call_log: Path | None = None,
+    velocity_delay_s: float = 0.0,
+    rendezvous: threading.Barrier | None = None,
+) -> None:
     """Register backend ``name`` (a fresh instance per variant, replacing any earlier one)."""
-    log = call_log
-    if log is None and os.environ.get(CALL_LOG_ENV, "") != "":
-        log = Path(os.environ[CALL_LOG_ENV])
 
     def factory(**options: Any) -> CountingBackend:
-        return CountingBackend(name=name, call_log=log, velocity_delay_s=velocity_delay_s, **options)
+        return CountingBackend(
+            name=name, call_log=call_log, velocity_delay_s=velocity_delay_s, rendezvous=rendezvous, **options
+        )
 
-    def identity(**options: Any) -> BackendIdentity:
-        return EmbeddedBackend.identity_for(**options).model_copy(update={"name": name})
-
-    register_backend(name, factory, identity=identity)
+    register_backend(name, factory, identity=lambda **options: CountingBackend.identity_of(name, **options))
 
 
 def counting(name: str, variant: str = "turbo") -> CountingBackend:
@@ -132,25 +154,13 @@ def read_call_log(path: Path) -> list[tuple[int, int, str, float, float]]:
 # --- Prefect ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def latent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The default store (``ACE_LATENT_DIR``) and audio directory, both under ``tmp_path``."""
-    root = tmp_path / "latents"
-    monkeypatch.setenv("ACE_LATENT_DIR", str(root))
-    monkeypatch.setenv("ACE_LATENT_TTL_HOURS", "24")
-    monkeypatch.setenv("ACE_AUDIO_DIR", str(tmp_path / "audio"))
-    monkeypatch.delenv("ACE_GPU_CONCURRENCY_LIMIT", raising=False)
-    return root
-
-
-@pytest.fixture
-def fast_prefect(prefect_server) -> Iterator[None]:
-    """The real server, with flow heartbeats off (the engine joins the heartbeat thread for up to
-    a second at every flow's end; the issue allows turning them off in tests)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+def wait_until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` when it is not within ``timeout_s``
+    (a bound for a broken run, never reached by a slow one)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.05)
 
 
 def flow_run_id(state) -> UUID:
@@ -190,9 +200,27 @@ def task_state_names(flow_run: UUID, task_name_prefix: str = "") -> list[str]:
     return [run.state.name for run in task_runs(flow_run) if run.name.startswith(task_name_prefix)]
 
 
-def stage_requests(stages: list[dict[str, Any]], **shared: Any) -> dict[str, Any]:
-    """A pipeline request body with the short stage settings on every stage."""
-    body: dict[str, Any] = {"caption": "warm piano ballad with soft drums", "keyscale": "D minor", "bpm": 96}
+def pipeline_request(stages: list[dict[str, Any]], **shared: Any) -> PipelineRequest:
+    """A pipeline request with the short stage settings on every stage."""
+    body: dict[str, Any] = {"caption": CAPTION, "keyscale": "D minor", "bpm": 96}
     body.update(shared)
     body["stages"] = [{**SHORT_STAGE, **stage} for stage in stages]
-    return body
+    return PipelineRequest.model_validate(body)
+
+
+def custom_request(backend: str, **fields: Any) -> GenerateRequest:
+    """A short custom-mode request on ``backend`` (seed 5 unless given)."""
+    return GenerateRequest.model_validate({"caption": CAPTION, "backend": backend, "seed": 5, **SHORT_STAGE, **fields})
+
+
+def default_store() -> LatentStore:
+    """The store the flows use when given no block (``ACE_LATENT_DIR``, set by ``latent_dir``)."""
+    return AceLatentStore.from_env().get_store()
+
+
+@flow
+def one_stage(params: StageParams) -> list[StageResult]:
+    """One stage task on the default store as the flows configure it (no decode), with the retry
+    delays set to zero."""
+    block = AceLatentStore.from_env()
+    return stage_task_for(params, block).with_options(retry_delay_seconds=0)(params, block)

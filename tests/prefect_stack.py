@@ -21,6 +21,14 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+SHORT_SONG = {
+    "caption": "warm electric piano with soft drums",
+    "keyscale": "D minor",
+    "bpm": 96,
+    "duration": 2.0,
+    "instrumental": True,
+}
+"""The shared fields of the pipelines the stack tests run (add ``stages``)."""
 BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect")
 
@@ -84,16 +92,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, processes: Pro
 
 
 def start_server(processes: Processes, home: Path, ui: bool) -> str:
-    """`prefect server start` on a free loopback port; returns the API URL once /api/health answers."""
+    """`prefect server start` on a free loopback port (with its UI, talking to this API, when
+    ``ui``); returns the API URL once /api/health answers."""
     port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
     env = stack_env(
         home,
         PREFECT_SERVER_UI_ENABLED="true" if ui else "false",
         PREFECT_API_SERVICES_SCHEDULER_ENABLED="true",
         PREFECT_SERVER_API_HOST="127.0.0.1",
     )
+    if ui:
+        env["PREFECT_SERVER_UI_API_URL"] = api
     processes.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
-    api = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
         try:

@@ -34,15 +34,7 @@ from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 20
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU the thread pool's
-    contention made each tiny matmul ~10x slower; the process's setting is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

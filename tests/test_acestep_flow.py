@@ -14,7 +14,8 @@ from prefect_acestep.stages.requests import PipelineRequest  # noqa: E402
 from prefect_acestep.stages.store import LatentStore  # noqa: E402
 
 
-def test_every_stage_type_runs_through_the_pipeline_flow(prefect_server, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("prefect_server")
+def test_every_stage_type_runs_through_the_pipeline_flow(tmp_path, monkeypatch):
     checkpoint = build_tiny_checkpoint(tmp_path / "acestep-tiny-base", family="base")
     monkeypatch.setenv("ACESTEP_CHECKPOINT_DIR", str(checkpoint))
     monkeypatch.setenv("ACESTEP_DEVICE", "cpu")

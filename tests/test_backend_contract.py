@@ -45,14 +45,7 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "acestep-tiny-base": _acestep("base"),
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads and lose much to contention on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The stage cache on a real Prefect server: hits on identical runs, recompute when a hit's latent
-is gone, no caching of random seeds, one computation for two processes racing on one key, and a
-lifetime that follows the store's TTL."""
+is gone, no caching of random seeds, one computation for two processes racing on one key, a
+lifetime that follows the store's TTL, and a hit in a fresh process that builds no backend."""
 
 from __future__ import annotations
 
@@ -12,55 +12,39 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
-from prefect import flow
 
 from prefect_acestep import generate_flow, pipeline_flow
 from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
+from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.params import StageParams
-from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
-from prefect_acestep.stages.store import LatentStore
+from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.tasks.blocks import AceLatentStore
-from prefect_acestep.tasks.stage_tasks import CACHE_DIR, stage_task_for
+from prefect_acestep.tasks.stage_tasks import CACHE_DIR
 from tests.flow_helpers import (
-    SHORT_STAGE,
     counting,
-    fast_prefect,  # noqa: F401  (fixture)
+    custom_request,
+    default_store as store,
     flow_run_id,
-    latent_dir,  # noqa: F401  (fixture)
+    one_stage,
+    pipeline_request,
     read_call_log,
     register_counting,
-    stage_requests,
     task_state_names,
+    wait_until,
 )
 
 BACKEND = "counting-cache"
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _backend() -> None:
-    register_counting(BACKEND)
-
-
-@pytest.fixture
-def model():
-    backend = counting(BACKEND)
-    backend.reset()
-    return backend
-
-
-def store() -> LatentStore:
-    return AceLatentStore.from_env().get_store()
+pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir", "counting_backend")
 
 
 def custom(**fields) -> GenerateRequest:
-    body = {"caption": "glassy synth arpeggios", "backend": BACKEND, "seed": 5, **SHORT_STAGE, **fields}
-    return GenerateRequest.model_validate(body)
+    return custom_request(BACKEND, **fields)
 
 
 THREE_STAGES = [
@@ -71,7 +55,7 @@ THREE_STAGES = [
 
 
 def test_a_second_identical_pipeline_is_all_cache_hits(tmp_path: Path, model) -> None:
-    request = PipelineRequest.model_validate(stage_requests(THREE_STAGES, backend=BACKEND))
+    request = pipeline_request(THREE_STAGES, backend=BACKEND)
     first = pipeline_flow(request, out_dir=str(tmp_path), return_state=True)
     assert task_state_names(flow_run_id(first), "") and model.calls["velocity"] > 0
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -120,15 +104,15 @@ def test_a_hit_whose_latent_is_gone_recomputes_to_a_live_id(tmp_path: Path, mode
     assert store().exists(third.checkpoints[0].latent_id)
 
 
-def test_an_expired_hit_recomputes(tmp_path: Path, model) -> None:
-    name = f"cache-short-{time.monotonic_ns()}"
-    # Long enough that the first flow (stage + decode) finishes before expiry on a loaded machine.
-    AceLatentStore(root=str(tmp_path / "short"), ttl_hours=20 / 3600).save(name)
-    [first] = generate_flow(custom(), store=name, out_dir=str(tmp_path))
-    expires = AceLatentStore.load(name).get_store().record(first.latent_id).expires_at
-    time.sleep(max(0.0, expires.timestamp() - time.time()) + 0.1)
+def test_an_expired_hit_recomputes(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage alone (no decode reads its latent back), so the one-second TTL may pass at any
+    point after the stage stored its latent: the second run starts only once it has passed."""
+    monkeypatch.setenv("ACE_LATENT_TTL_HOURS", str(1 / 3600))
+    params = custom_to_params(custom())
+    [first] = one_stage(params)
+    wait_until(lambda: not store().exists(first.latent_id), "the first latent to expire")
     model.reset()
-    [second] = generate_flow(custom(), store=name, out_dir=str(tmp_path))
+    [second] = one_stage(params)
     assert model.calls["velocity"] == 4 and second.latent_id != first.latent_id
 
 
@@ -142,7 +126,7 @@ def test_a_random_seed_never_caches(tmp_path: Path, latent_dir: Path, model) -> 
     assert not keys.exists() or list(keys.iterdir()) == []
 
 
-def test_cache_lifetime_follows_the_store_ttl(tmp_path: Path, model) -> None:
+def test_cache_lifetime_follows_the_store_ttl(tmp_path: Path) -> None:
     ttl_hours = 3.0
     name = f"cache-ttl-{time.monotonic_ns()}"
     AceLatentStore(root=str(tmp_path / "ttl"), ttl_hours=ttl_hours).save(name)
@@ -157,6 +141,7 @@ def test_cache_lifetime_follows_the_store_ttl(tmp_path: Path, model) -> None:
 RACE_SCRIPT = """
 import sys, time
 from pathlib import Path
+from uuid import UUID
 from tests.flow_helpers import register_counting
 register_counting("counting-race", call_log=Path(sys.argv[1]), velocity_delay_s=0.1)
 from prefect import flow
@@ -178,14 +163,15 @@ print(race(sys.argv[2], sys.argv[3]))
 """
 
 
-def test_two_processes_racing_on_one_key_do_the_work_once(tmp_path: Path, latent_dir: Path) -> None:
+def test_two_processes_racing_on_one_key_do_the_work_once(tmp_path: Path) -> None:
     log, go = tmp_path / "calls.log", tmp_path / "go"
     procs = [_start_racer(tmp_path, log, go, f"ready{i}") for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+
+    def both_ready() -> bool:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        return all((tmp_path / f"ready{i}").exists() for i in range(2))
+
+    wait_until(both_ready, "both racers to reach the stage", timeout_s=120)
     go.touch()
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -215,22 +201,57 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path: Path) -> Non
     log, go = tmp_path / "calls.log", tmp_path / "go"
     go.touch()
     victim = _start_racer(tmp_path, log, go, "ready")
-    deadline = time.monotonic() + 90
-    while not any(row[2] == "velocity" for row in read_call_log(log)):
+
+    def in_the_model() -> bool:
         assert victim.poll() is None, victim.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+        return any(row[2] == "velocity" for row in read_call_log(log))
+
+    wait_until(in_the_model, "the victim to start its model calls", timeout_s=90)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate()
     assert list((store().root / CACHE_DIR / "locks").glob("*.lock")), "the killed run should leave its lock"
     register_counting("counting-race")
     survivor = counting("counting-race")
     params = StageParams(caption="race", backend="counting-race", seed=77, duration=2.0, inference_steps=4)
+    [result] = one_stage(params)
+    assert survivor.calls["velocity"] == 4 and store().exists(result.latent_id)
 
-    @flow
-    def again() -> str:
-        block = AceLatentStore.from_env()
-        return stage_task_for(params, block)(params, block)[0].latent_id
 
-    latent_id = again()
-    assert survivor.calls["velocity"] == 4 and store().exists(latent_id)
+FRESH_WORKER = """
+import sys
+from pathlib import Path
+from uuid import UUID
+from prefect_acestep import GenerateRequest, generate_flow
+from prefect_acestep.stages.backends.registry import load_backend
+from tests.flow_helpers import read_call_log, register_counting
+
+log = Path(sys.argv[1])
+request = GenerateRequest.model_validate_json(sys.argv[2])
+register_counting(request.backend, call_log=log)
+state = generate_flow(request, out_dir=sys.argv[3], return_state=True)
+builds_in_flow = len(read_call_log(log))
+load_backend(request.backend, variant=request.variant)  # shows that a build would have been logged
+print(state.state_details.flow_run_id, state.result()[0].latent_id, builds_in_flow, len(read_call_log(log)))
+"""
+
+
+def test_a_hit_in_a_fresh_process_builds_no_backend(tmp_path: Path) -> None:
+    """A worker that has never built the model answers a cached stage without building it: the
+    cache key's backend identity comes from the registry, and the audio file is already there."""
+    from prefect.settings import PREFECT_API_URL
+
+    request = custom(seed=17)
+    [first] = generate_flow(request, out_dir=str(tmp_path / "audio"))
+    log = tmp_path / "fresh.calls"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "fresh-home"),
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_WORKER, str(log), request.model_dump_json(), str(tmp_path / "audio")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    flow_run, latent_id, builds_in_flow, builds_after = done.stdout.split()[-4:]
+    assert task_state_names(UUID(flow_run)) == ["Cached"]  # the stage, and no decode task
+    assert latent_id == first.latent_id
+    assert (builds_in_flow, builds_after) == ("0", "1")
+    assert [row[2] for row in read_call_log(log)] == ["build"]  # and no model call

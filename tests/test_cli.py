@@ -1,5 +1,6 @@
 """The ``prefect-acestep`` command line: flows from request files, the latent commands, decode,
-restore/to-stage, JSON output that parses, and one-line typed errors with a non-zero exit."""
+restore/to-stage, JSON output that parses (``--json`` wherever the output is for people), and
+one-line typed errors with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import typer
 from typer.testing import CliRunner
 
 from prefect_acestep.flows.cli import app
@@ -18,7 +20,6 @@ from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import GenerateRequest, PipelineStage
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.store import GcReport, LatentStore
-from tests.flow_helpers import fast_prefect, latent_dir  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = "01dddddddddddddddddddddddd"
@@ -34,6 +35,11 @@ def cli(*args: str, code: int = 0, env: dict[str, str] | None = None):
 
 def as_json(*args: str):
     return json.loads(cli(*args, "--json").stdout)
+
+
+def document(*args: str):
+    """The JSON document a command prints without being asked (show, restore, to-stage)."""
+    return json.loads(cli(*args).stdout)
 
 
 @pytest.fixture
@@ -82,14 +88,14 @@ def test_latent_commands(hops: list[list[StageResult]], tmp_path: Path) -> None:
     assert [r["id"] for r in as_json("latents", "ls", "--checkpoints")] == [checkpoint]
     assert refined.latent_id in cli("latents", "ls").stdout
 
-    shown = LatentRecord.model_validate(as_json("latents", "show", refined.latent_id))
+    shown = LatentRecord.model_validate(document("latents", "show", refined.latent_id))
     assert shown.parent_ids == [generated.latent_id] and shown.seeds == [2]
 
     assert as_json("latents", "pin", refined.latent_id) == {"pinned": refined.latent_id}
-    assert as_json("latents", "show", refined.latent_id)["pinned"] is True
+    assert document("latents", "show", refined.latent_id)["pinned"] is True
     assert [r["id"] for r in as_json("latents", "ls", "--pinned")] == [refined.latent_id]
     as_json("latents", "unpin", refined.latent_id)
-    assert as_json("latents", "show", refined.latent_id)["pinned"] is False
+    assert document("latents", "show", refined.latent_id)["pinned"] is False
 
     lineage = as_json("latents", "lineage", refined.latent_id)
     assert [r["id"] for r in lineage["ancestors"]] == [generated.latent_id]
@@ -125,13 +131,32 @@ def test_decode_writes_a_readable_file(hops: list[list[StageResult]], tmp_path: 
 
 def test_restore_and_to_stage_print_models_that_validate(hops: list[list[StageResult]]) -> None:
     refined = hops[1][0]
-    request = GenerateRequest.model_validate_json(cli("restore", refined.latent_id).stdout)
+    request = GenerateRequest.model_validate(document("restore", refined.latent_id))
     assert request.init_latent_id == refined.latent_id and request.stage_type == "refine"
     assert request.seed == 2 and request.t_start == refined.params.t_start
-    stage = PipelineStage.model_validate_json(cli("to-stage", refined.latent_id, "--json").stdout)
+    stage = PipelineStage.model_validate(document("to-stage", refined.latent_id))
     assert stage.src_latent_id == refined.latent_id and stage.stage_type == "refine"
     checkpoint = hops[0][0].checkpoints[0].latent_id
-    assert GenerateRequest.model_validate_json(cli("restore", checkpoint).stdout).t_start is None
+    assert GenerateRequest.model_validate(document("restore", checkpoint)).t_start is None
+
+
+DOCUMENT_COMMANDS = {"restore", "to-stage", "latents show"}
+
+
+def test_json_is_asked_for_exactly_where_the_output_is_for_people() -> None:
+    """``--json`` on every command that prints tables or sentences; none on the ones whose output
+    already is a JSON document (a flag there could only be ignored)."""
+    takes_json = {}
+    groups = [("", typer.main.get_command(app))]
+    while groups:
+        prefix, group = groups.pop()
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                groups.append((f"{prefix}{name} ", command))
+            else:
+                takes_json[f"{prefix}{name}"] = any("--json" in param.opts for param in command.params)
+    assert {name for name, has in takes_json.items() if not has} == DOCUMENT_COMMANDS
+    assert len(takes_json) > len(DOCUMENT_COMMANDS) + 10
 
 
 @pytest.mark.parametrize(

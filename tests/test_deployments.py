@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefect_stack import REPO, Api, Processes, run_cli, stack_env, start_server, table_rows, wait_for
+from prefect_stack import REPO, SHORT_SONG, Api, Processes, run_cli, stack_env, start_server, table_rows, wait_for
 from prefect_acestep.stages.store import LatentStore
 
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 POOL = "acestep-process"
 SMALL_PIPELINE = {
-    "caption": "warm electric piano with soft drums",
-    "keyscale": "D minor",
-    "bpm": 96,
-    "duration": 2.0,
-    "instrumental": True,
+    **SHORT_SONG,
     "stages": [
         {"stage_type": "generate", "seed": 3, "checkpoint_steps": [4]},
         {"stage_type": "refine", "src_stage": 0, "denoise": 0.5, "seed": 4},

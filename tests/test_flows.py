@@ -1,12 +1,12 @@
-"""The spec's test matrix (section 9) end to end through the flows, on a real Prefect server, with
-a real store in ``tmp_path`` and real audio files."""
+"""The flows end to end on a real Prefect server, with a real store in ``tmp_path`` and real audio
+files: the request shapes they accept, what each mode does with sources, checkpoints and replays,
+and the latents' lifecycle (restart, TTL, pins, missing sources)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,52 +14,33 @@ import torch
 
 from prefect_acestep import gc_flow, generate_flow, pipeline_flow, replay_flow
 from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
-from prefect_acestep.stages.conversions import custom_to_stage, restore, stage_to_custom
+from prefect_acestep.stages.conversions import custom_to_params, custom_to_stage, restore, stage_to_custom
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
 from prefect_acestep.stages.results import StageResult
-from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.store_tasks import import_audio_task
 from tests.flow_helpers import (
-    SHORT_STAGE,
-    counting,
-    fast_prefect,  # noqa: F401  (fixture)
+    custom_request,
+    default_store as store,
     flow_run_id,
-    latent_dir,  # noqa: F401  (fixture)
-    register_counting,
-    stage_requests,
+    one_stage,
+    pipeline_request,
     task_state_names,
+    wait_until,
 )
 
 BACKEND = "counting-flows"
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _backend() -> None:
-    register_counting(BACKEND)
-
-
-@pytest.fixture
-def model():
-    backend = counting(BACKEND)
-    backend.reset()
-    return backend
-
-
-def store() -> LatentStore:
-    return AceLatentStore.from_env().get_store()
+pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir", "counting_backend")
 
 
 def pipeline(stages: list[dict], **shared) -> PipelineRequest:
-    return PipelineRequest.model_validate(stage_requests(stages, backend=BACKEND, **shared))
+    return pipeline_request(stages, backend=BACKEND, **shared)
 
 
 def custom(**fields) -> GenerateRequest:
-    body = {"caption": "warm piano ballad with soft drums", "backend": BACKEND, "seed": 5, **SHORT_STAGE, **fields}
-    return GenerateRequest.model_validate(body)
+    return custom_request(BACKEND, **fields)
 
 
 def wav_tone(path: Path, seconds: float = 2.0) -> Path:
@@ -68,12 +49,12 @@ def wav_tone(path: Path, seconds: float = 2.0) -> Path:
     return write_audio(path, tone)
 
 
-# --- 9.1 contract ----------------------------------------------------------------------------
+# --- request shapes ----------------------------------------------------------------------------
 
 
 def test_existing_requests_without_the_new_fields_still_run(tmp_path: Path) -> None:
-    """The web app's request shape (legacy names, no source/checkpoint/variant fields) runs, and its
-    results carry every field the old result payload had."""
+    """The legacy request shape (``type``, ``steps``, ``input_stage``; no source, checkpoint or
+    variant fields) runs, and its results carry every field the old result payload had."""
     legacy = {
         "caption": "soft lofi beat",
         "duration": 2,
@@ -93,7 +74,7 @@ def test_existing_requests_without_the_new_fields_still_run(tmp_path: Path) -> N
     assert store().record(result.latent_id).parent_ids == []
 
 
-# --- 9.2 functional --------------------------------------------------------------------------
+# --- modes, sources, checkpoints, replays ---------------------------------------------------------
 
 
 def test_generate_restore_resume(tmp_path: Path, model) -> None:
@@ -143,7 +124,7 @@ def test_source_routing_audio_stage_and_latent(tmp_path: Path) -> None:
         [
             {"stage_type": "cover", "src_audio_id": audio_id, "seed": 1},
             {"stage_type": "refine", "src_stage": 0, "denoise": 0.5, "seed": 2},
-            # src_latent_id outranks src_stage and src_audio_id (spec 4.2): only it feeds the stage.
+            # src_latent_id outranks src_stage and src_audio_id: only it feeds the stage.
             {"stage_type": "refine", "src_latent_id": other.latent_id, "src_stage": 1, "src_audio_id": audio_id,
              "denoise": 0.5, "seed": 3},
         ]
@@ -191,7 +172,7 @@ def test_refine_from_a_latent_skips_the_vae(tmp_path: Path, model) -> None:
     assert hops[1][0].start_step > 0
 
 
-# --- 9.3 lifecycle ---------------------------------------------------------------------------
+# --- lifecycle ---------------------------------------------------------------------------------
 
 
 def test_latents_survive_a_restart(tmp_path: Path, latent_dir: Path) -> None:
@@ -213,22 +194,21 @@ def test_latents_survive_a_restart(tmp_path: Path, latent_dir: Path) -> None:
     assert done.stdout.split() == [digest, result.latent_id]
 
 
-def test_ttl_removes_and_pins_keep(tmp_path: Path) -> None:
-    name = f"short-ttl-{time.monotonic_ns()}"
-    AceLatentStore(root=str(tmp_path / "short"), ttl_hours=5 / 3600).save(name)
-    latents = AceLatentStore.load(name).get_store()
-    dropped = generate_flow(custom(seed=32, checkpoint_steps=[2]), store=name, out_dir=str(tmp_path))[0]
-    kept = generate_flow(custom(seed=31), store=name, out_dir=str(tmp_path))[0]
-    latents.pin(kept.latent_id)  # well within its 5 s
-    expires = latents.record(dropped.latent_id).expires_at
-    assert latents.record(kept.latent_id).expires_at is None  # pinned: never expires
-    time.sleep(max(0.0, expires.timestamp() - time.time()) + 0.1)
-    report = gc_flow(store=name)
-    removed = {item.id for item in report.removed}
-    assert removed == {dropped.latent_id, dropped.checkpoints[0].latent_id}
-    assert not (tmp_path / "short" / "latents" / f"{dropped.latent_id}.safetensors").exists()
-    assert latents.get(kept.latent_id).shape == (1, 50, 64)
-    assert not latents.exists(dropped.latent_id)
+def test_ttl_removes_and_pins_keep(latent_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a one-second TTL: a pinned latent is pinned from the moment it is stored, and the stage
+    runs without a decode (nothing reads its latents back), so the TTL may pass at any point."""
+    monkeypatch.setenv("ACE_LATENT_TTL_HOURS", str(1 / 3600))
+    latents = store()
+    ancestor = latents.put(torch.zeros(1, 50, 64), stage_type="generate")
+    kept = latents.put(torch.ones(1, 50, 64), stage_type="refine", parent_ids=[ancestor], pinned=True)
+    [dropped] = one_stage(custom_to_params(custom(seed=32, checkpoint_steps=[2])))
+    # Stored last, so once it has expired every TTL here has passed.
+    wait_until(lambda: not latents.exists(dropped.latent_id), "the stage's latent to expire")
+    report = gc_flow()
+    assert {item.id for item in report.removed} == {dropped.latent_id, dropped.checkpoints[0].latent_id}
+    assert not (latent_dir / "latents" / f"{dropped.latent_id}.safetensors").exists()
+    assert latents.record(kept).expires_at is None  # pinned: never expires
+    assert latents.get(kept).shape == latents.get(ancestor).shape == (1, 50, 64)  # kept with its ancestor
 
 
 def test_a_missing_latent_fails_with_its_id_and_nothing_runs(tmp_path: Path, model) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from tests.flow_helpers import fast_prefect  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_FOLDERS = {"stages": "prefect_acestep.stages", "tasks": "prefect_acestep.tasks", "flows": "prefect_acestep.flows"}
@@ -120,7 +119,7 @@ print(json.dumps([hop[0].latent_id for hop in hops] + [hops[-1][0].audio_path]))
 
 
 def test_a_user_project_with_its_own_flows_package_runs_pipeline_flow(
-    fresh_env: Path, tmp_path: Path, fast_prefect: None  # noqa: F811
+    fresh_env: Path, tmp_path: Path, fast_prefect: None
 ) -> None:
     project = tmp_path / "project"
     for name in ("flows", "tasks", "stages"):

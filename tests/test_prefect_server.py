@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prefect import flow
 from prefect.settings import PREFECT_API_URL
 
@@ -13,7 +14,8 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def test_server_starts_and_runs_a_flow(prefect_server):
+@pytest.mark.usefixtures("prefect_server")
+def test_server_starts_and_runs_a_flow():
     health = httpx.get(f"{PREFECT_API_URL.value()}/health", timeout=10)
     assert health.status_code == 200
     state = add(2, 3, return_state=True)

@@ -22,7 +22,7 @@ from prefect_acestep.stages.params import StageParams
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.cache_storage import LOCK_MANAGER_ENV, cache_storage
 from prefect_acestep.tasks.stage_tasks import stage_task_for
-from tests.flow_helpers import fast_prefect, read_call_log, register_counting  # noqa: F401 (fixture)
+from tests.flow_helpers import read_call_log, register_counting
 from tests.s3_server import DUMMY_AWS_ENV, new_bucket, s3_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ GPU concurrency limit."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from uuid import UUID
@@ -19,56 +20,31 @@ from prefect.logging.handlers import APILogHandler
 from prefect_acestep import generate_flow, pipeline_flow
 from prefect_acestep.stages.errors import InvalidStageRequest, TransientError
 from prefect_acestep.stages.params import StageParams
-from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
+from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
-from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import GPU_LIMIT_ENV
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 from prefect_acestep.tasks.store_tasks import decode_task, import_audio_task
 from tests.flow_helpers import (
     SHORT_STAGE,
-    counting,
-    fast_prefect,  # noqa: F401  (fixture)
+    default_store as store,
     flow_run_id,
-    latent_dir,  # noqa: F401  (fixture)
+    one_stage,
+    pipeline_request,
     read_call_log,
     register_counting,
-    stage_requests,
     task_runs,
+    wait_until,
 )
 
 BACKEND = "counting-tasks"
-pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _backend() -> None:
-    register_counting(BACKEND)
-
-
-@pytest.fixture
-def model():
-    backend = counting(BACKEND)
-    backend.reset()
-    yield backend
-    backend.reset()
-
-
-def store() -> LatentStore:
-    return AceLatentStore.from_env().get_store()
+pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir", "counting_backend")
 
 
 def params(**fields) -> StageParams:
     body = {"caption": "dusty boom bap drums", "backend": BACKEND, "seed": 3, **SHORT_STAGE, **fields}
     return StageParams.model_validate(body)
-
-
-@flow
-def one_stage(params: StageParams) -> list[StageResult]:
-    """One stage task as the flows configure it, with the retry delays set to zero for the test."""
-    block = AceLatentStore.from_env()
-    return stage_task_for(params, block).with_options(retry_delay_seconds=0)(params, block)
 
 
 def stage_run(state) -> object:
@@ -166,12 +142,10 @@ def artifacts(flow_run: UUID) -> list:
 
 
 def test_a_pipeline_publishes_stage_tables_a_summary_and_progress(tmp_path: Path) -> None:
-    request = PipelineRequest.model_validate(
-        stage_requests(
-            [{"stage_type": "generate", "seed": 1, "checkpoint_steps": [2], "preview": True},
-             {"stage_type": "refine", "src_stage": 0, "denoise": 0.5, "seed": 2}],
-            backend=BACKEND,
-        )
+    request = pipeline_request(
+        [{"stage_type": "generate", "seed": 1, "checkpoint_steps": [2], "preview": True},
+         {"stage_type": "refine", "src_stage": 0, "denoise": 0.5, "seed": 2}],
+        backend=BACKEND,
     )  # fmt: skip
     state = pipeline_flow(request, out_dir=str(tmp_path), return_state=True)
     hops = state.result()
@@ -205,16 +179,15 @@ def test_engine_loguru_lines_reach_the_task_runs_logs(tmp_path: Path) -> None:
     assert state.is_completed()
     [run] = [run for run in task_runs(flow_run_id(state)) if run.name.startswith("generate")]
     APILogHandler().flush()
-    deadline = time.monotonic() + 20
-    while True:
+
+    def mapped() -> list:
         with get_client(sync_client=True) as client:
             logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[run.id])))
-        mapped = [log for log in logs if "custom_timesteps mapped to turbo's trained levels" in log.message]
-        if mapped or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert len(mapped) == 1
-    assert mapped[0].level == 30 and mapped[0].flow_run_id == flow_run_id(state)
+        return [log for log in logs if "custom_timesteps mapped to turbo's trained levels" in log.message]
+
+    wait_until(mapped, "the engine's log line in the task run's logs")
+    [line] = mapped()
+    assert line.level == 30 and line.flow_run_id == flow_run_id(state)
 
 
 # --- GPU concurrency -----------------------------------------------------------------------------
@@ -230,7 +203,7 @@ def two_at_once(first: StageParams, second: StageParams) -> list[list[StageResul
 
 
 def _spans(log: Path) -> list[tuple[float, float]]:
-    """Per thread (one stage run each), the span from its first to its last model call."""
+    """Per thread (one stage run each), the span from its first to its last logged call."""
     spans: dict[int, tuple[float, float]] = {}
     for _, thread, _, start, end in read_call_log(log):
         low, high = spans.get(thread, (start, end))
@@ -244,21 +217,24 @@ def _limit_names() -> set[str]:
 
 
 def test_a_gpu_limit_of_one_serializes_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = dict(backend=GPU_BACKEND)
+    # Unset: nothing limits the two runs, and no limit is created or touched. Each velocity call
+    # waits at a barrier for the other run's: both runs finish only if they were in the model at once.
+    register_counting(GPU_BACKEND, rendezvous=threading.Barrier(2, timeout=120))
+    names = _limit_names()
+    try:
+        two_at_once(params(seed=70, **gpu), params(seed=71, **gpu))
+    except threading.BrokenBarrierError:
+        pytest.fail("without a limit the two stage runs were never inside the model at the same time")
+    assert _limit_names() == names
+    # Set to a limit of one slot: the second run's model work starts after the first's ends (each
+    # velocity call held open, so that runs that were not serialized would overlap).
     log = tmp_path / "calls.log"
     register_counting(GPU_BACKEND, call_log=log, velocity_delay_s=0.15)
-    gpu = dict(backend=GPU_BACKEND)
-    # Unset: nothing limits the two runs (they overlap) and no limit is created or touched.
-    names = _limit_names()
-    two_at_once(params(seed=70, **gpu), params(seed=71, **gpu))
-    (a_start, a_end), (b_start, b_end) = _spans(log)
-    assert b_start < a_end, "without a limit the two stage runs should overlap"
-    assert _limit_names() == names
-    # Set to a limit of one slot: the second run's model work starts after the first's ends.
     name = f"gpu-{time.monotonic_ns()}"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     try:
-        log.unlink()
         monkeypatch.setenv(GPU_LIMIT_ENV, name)
         two_at_once(params(seed=72, **gpu), params(seed=73, **gpu))
         (a_start, a_end), (b_start, b_end) = _spans(log)

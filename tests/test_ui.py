@@ -16,17 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from prefect_stack import REPO, Api, Processes, free_port, run_cli, stack_env, wait_for
+from prefect_stack import REPO, SHORT_SONG, Api, Processes, run_cli, stack_env, start_server
 from prefect_acestep.stages.requests import PipelineRequest, PipelineStage
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "test-output" / "ui"
 PIPELINE = {
-    "caption": "warm electric piano with soft drums",
-    "keyscale": "D minor",
-    "bpm": 96,
-    "duration": 2.0,
-    "instrumental": True,
+    **SHORT_SONG,
     "stages": [
         {"stage_type": "generate", "seed": 5, "checkpoint_steps": [4], "inference_steps": 8},
         {"stage_type": "refine", "src_stage": 0, "denoise": 0.5, "seed": 6},
@@ -44,20 +40,10 @@ def ui_stack(tmp_path_factory) -> Iterator[tuple[str, Path, Processes]]:
         assert Path(binary).exists(), f"{binary} missing: apt-get install -y chromium chromium-driver (.ci/run does)"
     root = tmp_path_factory.mktemp("ui")
     processes = Processes(root)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server_env = stack_env(
-        root / "server-home",
-        PREFECT_SERVER_UI_ENABLED="true",
-        PREFECT_SERVER_UI_API_URL=f"{base}/api",
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-    )
     try:
-        processes.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port)], server_env)  # fmt: skip
-        api = Api(f"{base}/api")
-        wait_for("the Prefect server", lambda: _healthy(api), timeout=120, processes=processes)
-        env = stack_env(root / "client-home", f"{base}/api", ACE_LATENT_DIR=str(root / "latents"),
+        api = start_server(processes, root / "server-home", ui=True)
+        base = api.removesuffix("/api")
+        env = stack_env(root / "client-home", api, ACE_LATENT_DIR=str(root / "latents"),
                         ACE_AUDIO_DIR=str(root / "audio"))  # fmt: skip
         run_cli([sys.executable, "-m", "prefect", "work-pool", "create", "acestep-process", "--type", "process"], env)
         run_cli([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "demo",
@@ -68,14 +54,6 @@ def ui_stack(tmp_path_factory) -> Iterator[tuple[str, Path, Processes]]:
         yield base, root, processes, json.loads(output)
     finally:
         processes.kill_all()
-
-
-def _healthy(api: Api) -> bool:
-    try:
-        api.get("/health")
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 @pytest.fixture(scope="module")

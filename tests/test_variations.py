@@ -106,7 +106,8 @@ def test_key_adherence_needs_a_key():
 # --- a real run ----------------------------------------------------------------------------------
 
 
-def test_variations_on_the_default_runner(prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.usefixtures("prefect_server")
+def test_variations_on_the_default_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ACE_LATENT_DIR", str(tmp_path / "latents"))
     monkeypatch.delenv("ACE_GPU_CONCURRENCY_LIMIT", raising=False)
     ranked = variations_flow(REQUEST, seeds=[21, 22, 23], rank_by="key_adherence", out_dir=str(tmp_path / "audio"))

@@ -1,7 +1,10 @@
 """``prefect-acestep``: run the flows and manage latents from a shell.
 
-Every command takes ``--json`` (machine-readable output on stdout); a typed error exits 2 with one
-line naming the latent or field and the reason.
+A command that prints tables or sentences for people takes ``--json`` to print the same as JSON for
+scripts. A command whose output is a record or a request (``restore``, ``to-stage``,
+``latents show``) prints it as a JSON document, which people and scripts read alike and
+``generate --request`` reads back, so it takes no ``--json``. A typed error exits 2 with one line
+naming the latent or field and the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import typer
 
 from prefect_acestep.flows.cli import latents
 from prefect_acestep.flows.cli.demo import run_demo
-from prefect_acestep.flows.cli.output import emit, table, typed_errors
+from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
 from prefect_acestep.stages.conversions import custom_to_stage, restore
 from prefect_acestep.stages.decode import decode_latent
@@ -36,15 +39,7 @@ OutOption = Annotated[
 
 
 def _results_table(hops: list[list[StageResult]]) -> None:
-    rows = []
-    for index, results in enumerate(hops):
-        for result in results:
-            checkpoints = ", ".join(f"{c.step}:{c.latent_id}" for c in result.checkpoints)
-            rows.append(
-                [index, result.params.stage_type, result.latent_id, result.sample_index, result.seed,
-                 checkpoints, result.audio_path]
-            )  # fmt: skip
-    table("Stages", ["#", "stage", "latent", "sample", "seed", "checkpoints", "audio"], rows)
+    table("Stages", RESULT_COLUMNS, result_rows(hops))
 
 
 def _out(out: Path | None) -> str | None:
@@ -138,7 +133,7 @@ def decode(
 ) -> None:
     """Decode a stored latent to audio. With several samples, files are named ``<stem>_<i><suffix>``."""
     with typed_errors():
-        latents_store = latents.open_store(store)
+        latents_store = latents.named_store(store)
         paths = decode_latent(
             latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
             stem=output.stem,
@@ -148,28 +143,21 @@ def decode(
         emit([str(p) for p in paths], as_json, lambda ps: typer.echo("\n".join(ps)))
 
 
+SampleOption = Annotated[int, typer.Option(help="Sample index of the batch.")]
+
+
 @app.command("restore")
-def restore_command(
-    latent_id: str,
-    sample: Annotated[int, typer.Option(help="Sample index of the batch.")] = 0,
-    store: StoreOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Print the custom request (GenerateRequest) that resumes from this latent, as JSON (its natural
-    form for a person too: it is what ``generate --request`` reads)."""
+def restore_command(latent_id: str, sample: SampleOption = 0, store: StoreOption = None) -> None:
+    """Print the custom request (GenerateRequest) that resumes from this latent, as JSON: what
+    ``generate --request`` reads."""
     with typed_errors():
-        request = restore(latents.open_store(store).record(latent_id), sample_index=sample)
-        emit(request, True, lambda r: None)
+        document(restore(latents.named_store(store).record(latent_id), sample_index=sample))
 
 
 @app.command("to-stage")
-def to_stage(
-    latent_id: str,
-    sample: Annotated[int, typer.Option(help="Sample index of the batch.")] = 0,
-    store: StoreOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Print the pipeline stage ("add to pipeline") that starts from this latent, as JSON."""
+def to_stage(latent_id: str, sample: SampleOption = 0, store: StoreOption = None) -> None:
+    """Print the pipeline stage ("add to pipeline") that starts from this latent, as JSON: a stage
+    of a pipeline request file."""
     with typed_errors():
-        request = restore(latents.open_store(store).record(latent_id), sample_index=sample)
-        emit(custom_to_stage(request), True, lambda r: None)
+        request = restore(latents.named_store(store).record(latent_id), sample_index=sample)
+        document(custom_to_stage(request))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from prefect_acestep.flows.cli.output import table
+from prefect_acestep.flows.cli.output import RESULT_COLUMNS, result_rows, table
 from prefect_acestep.stages.conversions import restore
 from prefect_acestep.stages.requests import PipelineRequest
 from prefect_acestep.stages.results import StageResult
@@ -39,21 +39,14 @@ class DemoReport(BaseModel):
     resume_exact: bool = Field(description="The resumed latent is bit-identical to the uninterrupted one.")
 
     def print(self) -> None:
-        rows = [
-            [i, hop[0].params.stage_type, hop[0].latent_id, hop[0].seed,
-             ", ".join(f"{c.step}:{c.latent_id}" for c in hop[0].checkpoints) or "-", hop[0].audio_path]
-            for i, hop in enumerate(self.stages)
-        ]  # fmt: skip
         resumed = self.resumed[0]
-        rows.append(["resume", f"generate from step {resumed.start_step}", resumed.latent_id, resumed.seed, "-",
-                     resumed.audio_path])  # fmt: skip
+        rows = result_rows(self.stages) + [
+            ["resume", f"generate from step {resumed.start_step}", resumed.latent_id, resumed.sample_index,
+             resumed.seed, None, resumed.audio_path]
+        ]  # fmt: skip
         audio_dir = Path(self.stages[-1][0].audio_path or ".").parent
-        rows = [[*row[:-1], "-" if row[-1] is None else Path(row[-1]).name] for row in rows]
-        table(
-            f"prefect-acestep demo (embedded backend); audio in {audio_dir}",
-            ["#", "stage", "latent", "seed", "checkpoints", "audio"],
-            rows,
-        )
+        rows = [[*row[:-1], None if row[-1] is None else Path(row[-1]).name] for row in rows]
+        table(f"prefect-acestep demo (embedded backend); audio in {audio_dir}", RESULT_COLUMNS, rows)
         verdict = "bit-identical to" if self.resume_exact else "DIFFERENT from"
         print(f"Resumed latent {resumed.latent_id} is {verdict} the uninterrupted {self.stages[0][0].latent_id}.")
 

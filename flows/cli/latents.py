@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from prefect_acestep.flows.cli.output import emit, table, typed_errors
+from prefect_acestep.flows.cli.output import document, emit, table, typed_errors
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.tasks.blocks import AceLatentStore
+
+if TYPE_CHECKING:
+    from prefect_acestep.stages.store import LatentStore
 
 app = typer.Typer(help="Browse and manage stored latents.", no_args_is_help=True)
 
@@ -19,7 +22,8 @@ StoreOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def open_store(store: str | None):
+def named_store(store: str | None) -> LatentStore:
+    """The store of the saved block ``store``, or the environment's default store."""
     return AceLatentStore.resolve(store).get_store()
 
 
@@ -59,25 +63,24 @@ def list_latents(
 ) -> None:
     """List live latents, newest first."""
     with typed_errors():
-        records = open_store(store).list(
+        records = named_store(store).list(
             stage_type=stage, pipeline_id=pipeline, pinned=pinned, is_checkpoint=checkpoints, parent=parent, limit=limit
         )
         emit(records, as_json, _record_rows)
 
 
 @app.command("show")
-def show(latent_id: str, store: StoreOption = None, as_json: JsonOption = False) -> None:
-    """Show one latent's full record (provenance, params, lifecycle)."""
+def show(latent_id: str, store: StoreOption = None) -> None:
+    """Print one latent's full record (provenance, params, lifecycle) as JSON."""
     with typed_errors():
-        record = open_store(store).record(latent_id)
-        emit(record, as_json, lambda r: typer.echo(r.model_dump_json(indent=2)))
+        document(named_store(store).record(latent_id))
 
 
 @app.command("pin")
 def pin(latent_id: str, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Pin a latent: it and its ancestors survive TTL and budget collection."""
     with typed_errors():
-        open_store(store).pin(latent_id)
+        named_store(store).pin(latent_id)
         emit({"pinned": latent_id}, as_json, lambda _: typer.echo(f"pinned {latent_id}"))
 
 
@@ -85,7 +88,7 @@ def pin(latent_id: str, store: StoreOption = None, as_json: JsonOption = False) 
 def unpin(latent_id: str, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Unpin a latent: it expires with its TTL again."""
     with typed_errors():
-        open_store(store).unpin(latent_id)
+        named_store(store).unpin(latent_id)
         emit({"unpinned": latent_id}, as_json, lambda _: typer.echo(f"unpinned {latent_id}"))
 
 
@@ -93,7 +96,7 @@ def unpin(latent_id: str, store: StoreOption = None, as_json: JsonOption = False
 def remove(latent_ids: list[str], store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Delete latents now (a tombstone keeps the reason for later lookups)."""
     with typed_errors():
-        latents = open_store(store)
+        latents = named_store(store)
         for latent_id in latent_ids:
             latents.delete(latent_id)
         emit({"deleted": latent_ids}, as_json, lambda _: typer.echo(f"deleted {' '.join(latent_ids)}"))
@@ -103,7 +106,7 @@ def remove(latent_ids: list[str], store: StoreOption = None, as_json: JsonOption
 def collect(store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Collect expired latents (and evict to the byte budget)."""
     with typed_errors():
-        report = open_store(store).gc()
+        report = named_store(store).gc()
         emit(
             report,
             as_json,
@@ -115,7 +118,7 @@ def collect(store: StoreOption = None, as_json: JsonOption = False) -> None:
 def lineage(latent_id: str, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Ancestors (what it was made from) and descendants (what was made from it)."""
     with typed_errors():
-        found = open_store(store).lineage(latent_id)
+        found = named_store(store).lineage(latent_id)
 
         def human(result) -> None:
             typer.echo("ancestors:   " + (" <- ".join(r.id for r in result.ancestors) or "-"))
@@ -135,7 +138,7 @@ def export(
 ) -> None:
     """Write latents (tensors and records) to one bundle file."""
     with typed_errors():
-        path = open_store(store).export_bundle(latent_ids, output)
+        path = named_store(store).export_bundle(latent_ids, output)
         emit({"bundle": str(path), "ids": latent_ids}, as_json, lambda _: typer.echo(f"wrote {path}"))
 
 
@@ -143,5 +146,5 @@ def export(
 def import_bundle(bundle: Path, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Add a bundle's latents to the store (verified first; nothing is written if it fails)."""
     with typed_errors():
-        ids = open_store(store).import_bundle(bundle)
+        ids = named_store(store).import_bundle(bundle)
         emit({"imported": ids}, as_json, lambda _: typer.echo(f"imported {len(ids)}: {' '.join(ids)}"))

@@ -1,5 +1,6 @@
-"""How the command line talks: JSON for scripts (``--json``), tables for people, and one line per
-typed error with a non-zero exit."""
+"""How the command line talks: tables and sentences for people, the same as JSON for scripts
+(``--json``), JSON documents from the commands whose output is a record or a request, and one line
+per typed error with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_acestep.stages.errors import StageError
+from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.artifacts import checkpoint_summary
 
 console = Console(stderr=True)
 EXIT_ERROR = 2
@@ -30,10 +33,15 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def document(value: Any) -> None:
+    """Print ``value`` as JSON on stdout."""
+    typer.echo(json.dumps(to_jsonable(value), indent=2, default=str))
+
+
 def emit(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     """Print ``value`` as JSON on stdout, or let ``human`` render it for a person."""
     if as_json:
-        typer.echo(json.dumps(to_jsonable(value), indent=2, default=str))
+        document(value)
     else:
         human(value)
 
@@ -46,6 +54,19 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         view.add_row(*("-" if cell is None else str(cell) for cell in row))
     # A pipe or CI log has no width: rich would assume 80 columns and fold every latent ID.
     Console(width=None if sys.stdout.isatty() else 220).print(view)
+
+
+RESULT_COLUMNS = ["#", "stage", "latent", "sample", "seed", "checkpoints", "audio"]
+
+
+def result_rows(hops: Sequence[Sequence[StageResult]]) -> list[list[Any]]:
+    """One ``RESULT_COLUMNS`` row per sample of each stage."""
+    return [
+        [index, result.params.stage_type, result.latent_id, result.sample_index, result.seed,
+         checkpoint_summary(result), result.audio_path]
+        for index, results in enumerate(hops)
+        for result in results
+    ]  # fmt: skip
 
 
 def _first_line(error: BaseException) -> str:
