@@ -60,6 +60,16 @@ def map_storage_errors(where: str | os.PathLike[str]) -> Iterator[None]:
         raise typed from exc
 
 
+def typed(exc: Exception, where: str | os.PathLike[str]) -> Exception:
+    """``exc`` typed (caused by ``exc``) if it is a storage failure, else ``exc`` itself: for
+    exceptions that a batch operation returns in place of a result rather than raising."""
+    error = storage_error(exc, where)
+    if error is None:
+        return exc
+    error.__cause__ = exc
+    return error
+
+
 def storage_error(exc: BaseException, where: str | os.PathLike[str]) -> StorageError | None:
     """The typed error for ``exc``, a failure of storage at ``where``; None for an exception that is
     not one (already typed, "absent"/"already there", or a bug, which must surface as it is)."""

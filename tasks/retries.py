@@ -9,7 +9,8 @@ minutes of backoff.
 
 Storage errors are typed where storage is touched (``prefect_acestep.stages.storage_errors``). An
 ``OSError`` that reaches this rule untyped (raised inside a backend, say) is typed by that same
-function here, so it is judged exactly as it would have been at the boundary.
+function here, so it is judged exactly as it would have been at the boundary (so is a network
+error of botocore or aiohttp).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ RETRY_JITTER = 0.5
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        exc = storage_error(exc, "an unknown path") or exc
-    return isinstance(exc, TransientError | torch.OutOfMemoryError)
+    judged = storage_error(exc, "an unknown path") or exc
+    return isinstance(judged, TransientError | torch.OutOfMemoryError)
 
 
 def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:

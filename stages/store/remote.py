@@ -37,7 +37,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from prefect_acestep.stages.errors import InvalidStageRequest
-from prefect_acestep.stages.storage_errors import map_storage_errors, storage_error
+from prefect_acestep.stages.storage_errors import map_storage_errors, typed
 from prefect_acestep.stages.store import sync
 from prefect_acestep.stages.store.conditional import ConditionalWrites, check_protocol, for_filesystem, verify
 from prefect_acestep.stages.store.index import Index, Row
@@ -257,7 +257,7 @@ class RemoteFileSystem:
         with self._call(rels[0] if rels else ""):
             found = self.fs.cat_ranges([self.full(rel) for rel in rels], [0] * len(rels), ends, on_error="return")
         return [
-            storage_error(data, self.where(rel)) or data if isinstance(data, Exception) else data
+            typed(data, self.where(rel)) if isinstance(data, Exception) else data
             for rel, data in zip(rels, found, strict=True)
         ]
 
