@@ -120,16 +120,21 @@ def stale_staging(directory: Path, grace_s: float) -> list[Path]:
     return stale
 
 
+def remove_file(path: Path) -> int:
+    """Remove ``path`` if present; return the bytes freed (0 if it was already gone)."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
 def remove_staging(path: Path) -> int:
     """Remove a leftover from ``stale_staging`` (a directory, or a file of older writers); return
     the bytes freed."""
     if not path.is_dir():
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return size
+        return remove_file(path)
     freed = sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
     shutil.rmtree(path, ignore_errors=True)
     return freed

@@ -1,24 +1,14 @@
 """LatentStore API: every method and every error, on both sites: a real directory and a
-``memory://`` root (the remote site, on fsspec's in-process memory filesystem).
-
-Each ``place.open()`` is another handle on the same store: on a local directory another process
-(sharing the index in the directory), on ``memory://`` another host (with an index of its own, so
-it learns everything from the objects). A few tests are about one site's own layout and run on that
-site alone; each says why. ``test_store_remote.py`` runs the remote site against a real S3 API.
-"""
+``memory://`` root (``tests/store_sites.py``). A few tests are about one site's own layout and run
+on that site alone; each says why."""
 
 from __future__ import annotations
 
 import os
-import secrets
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import fsspec
 import pytest
 import torch
 
@@ -37,89 +27,11 @@ from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store import GcReport, LatentStore, journal
 from prefect_acestep.stages.store.files import latent_rel, split_header
 from prefect_acestep.stages.store.fs import LocalFileSystem
+from tests.store_sites import Place, local_only, place, places, site_kind  # noqa: F401 (fixtures)
 
 TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
 SFT = BackendIdentity(name="embedded", variant="sft", latent_space="ace15", weights_digest="def")
 TINY_TTL = 1e-6  # hours (3.6 ms): expired by the time the next statement runs
-
-
-@dataclass
-class Place:
-    """A store's root and raw access to what lies under it (to look at, or damage, behind the
-    store's back) through fsspec, for both sites alike."""
-
-    kind: str
-    root: str | Path
-    fs: Any
-    base: str
-    around: str
-    """Where everything the store could write lies: its parent directory, or the memory filesystem."""
-    opened: list[LatentStore] = field(default_factory=list)
-
-    def open(self, **kwargs: Any) -> LatentStore:
-        store = LatentStore(self.root, **kwargs)
-        self.opened.append(store)
-        return store
-
-    def path(self, rel: str) -> str:
-        return f"{self.base}/{rel}"
-
-    def read(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
-
-    def write(self, rel: str, data: bytes) -> None:
-        self.fs.pipe_file(self.path(rel), data)
-
-    def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
-
-    def size(self, rel: str) -> int:
-        return self.fs.size(self.path(rel))
-
-    def names(self, rel_dir: str) -> list[str]:
-        try:
-            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel_dir), detail=False))
-        except FileNotFoundError:
-            return []
-
-    def everything(self) -> set[str]:
-        return set(self.fs.find(self.around))
-
-    def journal_rel(self) -> str:
-        """Where the first journal append lands (one file locally, one object per append remotely)."""
-        return "journal.jsonl" if self.kind == "local" else journal.segment_rel(1)
-
-    def wipe_journal(self) -> None:
-        if self.kind == "local":
-            self.write("journal.jsonl", b"")
-        else:
-            self.fs.rm(self.path(journal.SEGMENTS_DIR), recursive=True)
-
-    def forget_index(self) -> None:
-        """Make the next ``open`` rebuild its index from the files and the journal: remove the local
-        index file (a ``memory://`` store's index lives and dies with each handle anyway)."""
-        if self.kind == "local":
-            for suffix in ("", "-wal", "-shm"):
-                Path(self.root, f"index.sqlite3{suffix}").unlink(missing_ok=True)
-
-
-@pytest.fixture(params=["local", "memory"])
-def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
-    if request.param == "local":
-        where = Place("local", tmp_path / "store", fsspec.filesystem("file"), str(tmp_path / "store"), str(tmp_path))
-    else:
-        name = f"store-{secrets.token_hex(6)}"
-        where = Place("memory", f"memory://{name}", fsspec.filesystem("memory"), f"/{name}", "/")
-    yield where
-    for store in where.opened:
-        store.close()
-    if request.param == "memory" and where.fs.exists(where.base):
-        where.fs.rm(where.base, recursive=True)
-
-
-def local_only(reason: str) -> pytest.MarkDecorator:
-    """Run a test on the local site alone, for ``reason`` (a property of that site's layout)."""
-    return pytest.mark.parametrize("place", ["local"], indirect=True, ids=["local"])
 
 
 @pytest.fixture

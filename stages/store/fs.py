@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from prefect_acestep.stages.atomic import fsync_path, remove_staging, stale_staging, staged_output
+from prefect_acestep.stages.atomic import fsync_path, remove_file, remove_staging, stale_staging, staged_output
 from prefect_acestep.stages.errors import StorageError
 from prefect_acestep.stages.storage_errors import map_storage_errors
 
@@ -104,14 +104,8 @@ class LocalFileSystem:
             return (self.root / rel).stat().st_size
 
     def remove(self, rel: str) -> int:
-        path = self.root / rel
-        with map_storage_errors(path):
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                return 0
-        return size
+        with map_storage_errors(self.root / rel):
+            return remove_file(self.root / rel)
 
     def move(self, src: str, dst: str) -> None:
         target = self.root / dst
