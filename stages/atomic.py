@@ -55,9 +55,12 @@ def staged_output(directory: Path, *, target: Path | None = None, suffix: str = 
     (mode 0644), as the store's other users must read what one user wrote.
     """
     with map_storage_errors(directory):
-        directory.mkdir(parents=True, exist_ok=True)
         stage = directory / f"{STAGING_PREFIX}{_HOST_TAG}~{os.getpid()}~{secrets.token_hex(4)}"
-        stage.mkdir()
+        try:
+            stage.mkdir()
+        except FileNotFoundError:  # a new directory (the store's exists: no extra system call there)
+            directory.mkdir(parents=True, exist_ok=True)
+            stage.mkdir()
         staged = Staged(stage / (target.name if target is not None else f"part{suffix}"), target)
         try:
             yield staged
