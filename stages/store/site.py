@@ -33,9 +33,12 @@ class Lock(Protocol):
 
 
 class Site(Protocol):
+    """Where one store's latents live (``local.LocalSite``, ``remote.RemoteSite``)."""
+
     root: Path | str
     """The root as users see it: a directory, or a URL."""
     remote: bool
+    """Whether other hosts may share the latents (for callers that report it; the store never asks)."""
     fs: FileSystem
     journal: Journal
     lock: Lock
