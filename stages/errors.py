@@ -111,3 +111,50 @@ class AudioUnavailable(AudioError, TransientError):
     """An audio source that could not be fetched right now (timeout, connection failure, HTTP 408,
     429 or 5xx). It is still an ``AudioError`` (nothing was stored) but, being transient, the task
     layer retries it instead of failing the run on a network blip."""
+
+
+class StorageError(StageError):
+    """Storage failed at ``path`` (a file, directory, object or the store's index) for a reason that
+    a retry does not fix by itself. Raised only by ``prefect_acestep.stages.storage_errors``, which
+    types every operating-system, SQLite and network error where the project touches storage, so
+    that the task layer can decide retries by type alone."""
+
+    what = "storage failed"
+    advice = "a retry will not help until the cause is fixed"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{self.what} at {path}: {reason}; {self.advice}")
+
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str]]:  # Prefect pickles failures
+        return type(self), (self.path, self.reason)
+
+
+class StorageFull(StorageError):
+    """No space left (or a quota or file-size limit reached) where the project writes."""
+
+    what = "storage full"
+    advice = (
+        "free space there (collect the latent store's garbage, lower its max_bytes) or use another "
+        "location; a retry will not help"
+    )
+
+
+class StoragePermission(StorageError):
+    """This process may not write (or read) there: file permissions, a read-only filesystem, or a
+    bucket's credentials and policy."""
+
+    what = "permission denied"
+    advice = (
+        "give this process access there (file permissions, a read-only mount, or for a bucket its "
+        "credentials and policy) or use another location; a retry will not help"
+    )
+
+
+class StorageUnavailable(StorageError, TransientError):
+    """The storage did not answer this time: a dropped connection, a timeout, a throttled or failing
+    server (HTTP 408, 429, 5xx), an I/O error of a network filesystem. Retried by the task layer."""
+
+    what = "storage unavailable"
+    advice = "this may pass, so the task layer retries it"

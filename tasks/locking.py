@@ -17,30 +17,16 @@ never a wrong result.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pydantic_core
 from loguru import logger
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.types._datetime import now
 
-
-def holder_is_dead(info: dict[str, Any]) -> bool:
-    """True when the lock names a process on this host that no longer exists."""
-    pid, host = info.get("pid"), info.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
+from prefect_acestep.stages.processes import HOST, process_gone
 
 
 class StageLockManager(FileSystemLockManager):
@@ -58,7 +44,7 @@ class StageLockManager(FileSystemLockManager):
         payload = {
             "holder": holder,
             "expiration": None if expiration is None else str(expiration),
-            "host": socket.gethostname(),
+            "host": HOST,
             "pid": os.getpid(),
         }
         staged = lock_path.with_name(f".{lock_path.name}.{uuid.uuid4().hex}")
@@ -77,7 +63,7 @@ class StageLockManager(FileSystemLockManager):
         info = self._get_lock_info(key, use_cache=use_cache)
         if info is None:
             return False
-        if holder_is_dead(info):  # type: ignore[arg-type]  # our locks carry host and pid
+        if process_gone(info.get("host"), info.get("pid")):  # our locks carry host and pid
             logger.warning("cache lock {} was held by process {}, which is gone; freeing it", key, info.get("pid"))
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)

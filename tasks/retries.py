@@ -1,9 +1,16 @@
 """Which failures a stage task retries.
 
-Only failures that can pass on their own are retried: a typed ``TransientError``, an OS-level I/O
-error from storage, or a device out of memory. Everything else (validation, missing/expired/deleted,
-incompatible or corrupt latents, unknown bugs) fails fast with its message: retrying cannot help and
-would hide the error behind minutes of backoff.
+Only failures that can pass on their own are retried, decided by type alone: a ``TransientError``
+(which includes ``StorageUnavailable``: a dropped connection, a timeout, a throttled server) or a
+device out of memory. Everything else fails fast with its message: validation, missing, expired,
+deleted, incompatible or corrupt latents, a full disk or a permission error (``StorageFull``,
+``StoragePermission``), unknown bugs. Retrying cannot help those and would hide the error behind
+minutes of backoff.
+
+Storage errors are typed where storage is touched (``prefect_acestep.stages.storage_errors``). An
+``OSError`` that reaches this rule untyped (raised inside a backend, say) is typed by that same
+function here, so it is judged exactly as it would have been at the boundary (so is a network
+error of botocore or aiohttp).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from prefect_acestep.stages.errors import StageError, TransientError
+from prefect_acestep.stages.errors import TransientError
+from prefect_acestep.stages.storage_errors import storage_error
 
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)(RETRIES)
@@ -22,9 +30,8 @@ RETRY_JITTER = 0.5
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TransientError | torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, OSError) and not isinstance(exc, StageError)
+    judged = storage_error(exc, "an unknown path") or exc
+    return isinstance(judged, TransientError | torch.OutOfMemoryError)
 
 
 def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:

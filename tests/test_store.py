@@ -1,4 +1,6 @@
-"""LatentStore API: every method and every error, on a real directory."""
+"""LatentStore API: every method and every error, on both sites: a real directory and a
+``memory://`` root (``tests/store_sites.py``). A few tests are about one site's own layout and run
+on that site alone; each says why."""
 
 from __future__ import annotations
 
@@ -7,10 +9,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import filelock
 import pytest
 import torch
-from safetensors import safe_open
 
 from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.errors import (
@@ -25,8 +25,9 @@ from prefect_acestep.stages.errors import (
 )
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store import GcReport, LatentStore, journal
-from prefect_acestep.stages.store.files import split_header
+from prefect_acestep.stages.store.files import latent_rel, split_header
 from prefect_acestep.stages.store.fs import LocalFileSystem
+from tests.store_sites import Place, local_only, place, places, site_kind  # noqa: F401 (fixtures)
 
 TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
 SFT = BackendIdentity(name="embedded", variant="sft", latent_space="ace15", weights_digest="def")
@@ -34,41 +35,32 @@ TINY_TTL = 1e-6  # hours (3.6 ms): expired by the time the next statement runs
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LatentStore:
-    with LatentStore(tmp_path / "store") as s:
-        yield s
+def store(place: Place) -> LatentStore:
+    return place.open()
 
 
 def latent(t: int = 8, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, t, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def files_in(store: LatentStore) -> list[str]:
-    return sorted(os.listdir(store.root / "latents"))
-
-
-def file_of(store: LatentStore, latent_id: str) -> Path:
-    return store.root / "latents" / f"{latent_id}.safetensors"
-
-
-def flip_bit_in(path: Path, tensor_name: str) -> None:
+def flip_bit_in(place: Place, latent_id: str, tensor_name: str) -> None:
     """Flip one bit in the middle of ``tensor_name``'s bytes, located through the file's header."""
-    data = bytearray(path.read_bytes())
+    data = bytearray(place.read(latent_rel(latent_id)))
     header, data_start = split_header(bytes(data))
     begin, end = header[tensor_name]["data_offsets"]
     data[data_start + (begin + end) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    place.write(latent_rel(latent_id), bytes(data))
 
 
-def embedded_record(store: LatentStore, latent_id: str) -> LatentRecord:
-    with safe_open(str(file_of(store, latent_id)), "pt") as f:
-        return LatentRecord.model_validate_json(f.metadata()["record"])
+def embedded_record(place: Place, latent_id: str) -> LatentRecord:
+    header, _ = split_header(place.read(latent_rel(latent_id)))
+    return LatentRecord.model_validate_json(header["__metadata__"]["record"])
 
 
 # --- put / get / record ---------------------------------------------------------------------------
 
 
-def test_put_with_only_stage_type_fills_every_store_field(store: LatentStore) -> None:
+def test_put_with_only_stage_type_fills_every_store_field(place: Place, store: LatentStore) -> None:
     tensor = latent(batch=2)
     before = datetime.now(UTC)
     latent_id = store.put(tensor, stage_type="generate")
@@ -76,7 +68,7 @@ def test_put_with_only_stage_type_fills_every_store_field(store: LatentStore) ->
     assert record.id == latent_id
     assert record.shape == [2, 8, 64] and record.dtype == "float32" and record.batch_size == 2
     assert len(record.digest) == 64 and record.digest != "0" * 64
-    assert record.size_bytes == file_of(store, latent_id).stat().st_size
+    assert record.size_bytes == place.size(latent_rel(latent_id))
     assert before <= record.created_at <= datetime.now(UTC)
     assert record.expires_at == record.created_at + timedelta(hours=24)
     assert torch.equal(store.get(latent_id), tensor)
@@ -150,10 +142,12 @@ def test_extras_sharing_memory_with_the_latent_are_stored_separately(store: Late
         ({"batch_size": 3}, "batch_size 3 does not match"),
     ],
 )
-def test_put_rejects_bad_fields_naming_them_and_writes_nothing(store: LatentStore, fields: dict, names: str) -> None:
+def test_put_rejects_bad_fields_naming_them_and_writes_nothing(
+    place: Place, store: LatentStore, fields: dict, names: str
+) -> None:
     with pytest.raises(InvalidStageRequest, match=names):
         store.put(latent(), **fields)
-    assert files_in(store) == [] and store.list() == []
+    assert place.names("latents") == [] and store.list() == []
 
 
 def test_put_rejects_non_tensors(store: LatentStore) -> None:
@@ -165,11 +159,11 @@ def test_put_rejects_non_tensors(store: LatentStore) -> None:
         store.put(latent(), stage_type="generate", extras={"": torch.zeros(1)})
 
 
-def test_constructor_rejects_bad_settings(tmp_path: Path) -> None:
+def test_constructor_rejects_bad_settings(place: Place) -> None:
     with pytest.raises(InvalidStageRequest, match="ttl_hours"):
-        LatentStore(tmp_path, ttl_hours=0)
+        place.open(ttl_hours=0)
     with pytest.raises(InvalidStageRequest, match="max_bytes"):
-        LatentStore(tmp_path, max_bytes=-1)
+        place.open(max_bytes=-1)
 
 
 # --- errors: not found, deleted, expired, corrupt, invalid IDs -------------------------------------
@@ -184,11 +178,11 @@ def test_unknown_id_is_not_found(store: LatentStore) -> None:
             method("nope")
 
 
-def test_delete_leaves_a_tombstone_that_says_when(store: LatentStore) -> None:
+def test_delete_leaves_a_tombstone_that_says_when(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", pinned=True)
     before = datetime.now(UTC)
     store.delete(latent_id)
-    assert files_in(store) == []
+    assert place.names("latents") == []
     with pytest.raises(LatentDeleted) as caught:
         store.get(latent_id)
     assert caught.value.latent_id == latent_id and caught.value.reason == "deleted"
@@ -200,9 +194,9 @@ def test_delete_leaves_a_tombstone_that_says_when(store: LatentStore) -> None:
             method(latent_id)
 
 
-def test_expired_latent_is_never_returned_even_before_gc(store: LatentStore) -> None:
+def test_expired_latent_is_never_returned_even_before_gc(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", ttl_hours=TINY_TTL)
-    expires_at = embedded_record(store, latent_id).expires_at
+    expires_at = embedded_record(place, latent_id).expires_at
     time.sleep(0.01)
     with pytest.raises(LatentExpired) as caught:
         store.get(latent_id)
@@ -222,7 +216,10 @@ def test_expired_latent_is_never_returned_even_before_gc(store: LatentStore) -> 
     "bad",
     ["../x", "..", "/etc/passwd", "a/b", "a\\b", "x\0y", "x" * 65, "ABC", "", " x", "x\n", "-x", "a.b", 7, None],
 )
-def test_path_traversal_and_malformed_ids_are_rejected_everywhere(store: LatentStore, bad: object) -> None:
+def test_path_traversal_and_malformed_ids_are_rejected_everywhere(
+    place: Place, store: LatentStore, bad: object
+) -> None:
+    before = place.everything()
     for method in (
         store.get,
         store.get_extras,
@@ -241,21 +238,21 @@ def test_path_traversal_and_malformed_ids_are_rejected_everywhere(store: LatentS
     # a non-string parent is already refused by the record model
     with pytest.raises(InvalidLatentId if isinstance(bad, str) else InvalidStageRequest):
         store.put(latent(), stage_type="refine", parent_ids=[bad])
-    assert files_in(store) == []
-    assert sorted(os.listdir(store.root.parent)) == ["store"]
+    assert place.names("latents") == []
+    assert place.everything() == before
 
 
-def test_flipped_bit_in_tensor_file_is_corrupt(store: LatentStore) -> None:
+def test_flipped_bit_in_tensor_file_is_corrupt(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", extras={"m": torch.ones(4)})
-    flip_bit_in(file_of(store, latent_id), "latent")
+    flip_bit_in(place, latent_id, "latent")
     with pytest.raises(LatentCorrupt, match=f"{latent_id}.*digest") as caught:
         store.get(latent_id)
     assert caught.value.latent_id == latent_id
 
 
-def test_flipped_bit_in_extras_is_corrupt(store: LatentStore) -> None:
+def test_flipped_bit_in_extras_is_corrupt(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", extras={"zz": torch.zeros(64)})
-    flip_bit_in(file_of(store, latent_id), "extra.zz")
+    flip_bit_in(place, latent_id, "extra.zz")
     store.get(latent_id)  # the latent itself is intact
     with pytest.raises(LatentCorrupt, match="extras digest"):
         store.get_extras(latent_id)
@@ -273,24 +270,35 @@ def test_flipped_bit_in_extras_is_corrupt(store: LatentStore) -> None:
         (lambda data: data.replace(b'"format_version":"1"', b'"format_version":"9"'), "unknown format version"),
     ],
 )
-def test_damaged_or_foreign_file_is_corrupt(store: LatentStore, damage, reason: str) -> None:
+def test_damaged_or_foreign_file_is_corrupt(place: Place, store: LatentStore, damage, reason: str) -> None:
     latent_id = store.put(latent(), stage_type="generate")
-    path = file_of(store, latent_id)
-    damaged = damage(path.read_bytes())
-    assert damaged != path.read_bytes()
-    path.write_bytes(damaged)
+    damaged = damage(place.read(latent_rel(latent_id)))
+    assert damaged != place.read(latent_rel(latent_id))
+    place.write(latent_rel(latent_id), damaged)
     with pytest.raises(LatentCorrupt, match=reason):
         store.get(latent_id)
 
 
-def test_file_removed_behind_the_stores_back_is_corrupt_then_tombstoned(tmp_path: Path) -> None:
-    store = LatentStore(tmp_path)
+def test_file_removed_behind_the_stores_back_is_corrupt_then_tombstoned_by_gc(
+    place: Place, store: LatentStore
+) -> None:
     latent_id = store.put(latent(), stage_type="generate")
-    file_of(store, latent_id).unlink()
+    place.fs.rm_file(place.path(latent_rel(latent_id)))
     with pytest.raises(LatentCorrupt, match="missing"):
         store.get(latent_id)
+    assert store.gc().removed == []  # the consistency pass notices and tombstones it: not a gc removal
+    assert store.list() == []
+    with pytest.raises(LatentCorrupt, match="vanished"):
+        store.get(latent_id)
+
+
+@local_only("a local open reconciles the shared index; a new remote host's index never knew the latent")
+def test_file_removed_behind_the_stores_back_is_tombstoned_at_open(place: Place) -> None:
+    store = place.open()
+    latent_id = store.put(latent(), stage_type="generate")
+    place.fs.rm_file(place.path(latent_rel(latent_id)))
     store.close()
-    reopened = LatentStore(tmp_path)  # the consistency pass notices and tombstones it
+    reopened = place.open()  # the consistency pass notices and tombstones it
     assert reopened.list() == []
     with pytest.raises(LatentCorrupt, match="vanished"):
         reopened.get(latent_id)
@@ -335,7 +343,7 @@ def test_pin_of_expired_latent_is_refused(store: LatentStore) -> None:
         store.pin(latent_id)
 
 
-def test_byte_budget_evicts_expired_then_checkpoints_then_finals_lru(store: LatentStore) -> None:
+def test_byte_budget_evicts_expired_then_checkpoints_then_finals_lru(place: Place, store: LatentStore) -> None:
     expired = store.put(latent(), stage_type="generate", ttl_hours=TINY_TTL)
     final_old = store.put(latent(), stage_type="generate")
     ckpt_old = store.put(latent(), stage_type="generate", is_checkpoint=True)
@@ -347,7 +355,8 @@ def test_byte_budget_evicts_expired_then_checkpoints_then_finals_lru(store: Late
     time.sleep(0.01)
     size = {i: store.record(i).size_bytes for i in (final_old, ckpt_old, final_new, ckpt_new, pinned_ckpt)}
     budget = size[final_old] + size[pinned_ckpt] + size[final_new] - 1  # final_new must go, final_old fits
-    report = LatentStore(store.root, max_bytes=budget).gc()  # a second handle on the same store
+    store.max_bytes = budget
+    report = store.gc()
     assert [(r.id, r.reason) for r in report.removed] == [
         (expired, "expired"),
         (ckpt_new, "evicted"),
@@ -358,14 +367,14 @@ def test_byte_budget_evicts_expired_then_checkpoints_then_finals_lru(store: Late
     assert report.bytes_freed == sum(r.size_bytes for r in report.removed)
     assert report.bytes_in_use == size[final_old] + size[pinned_ckpt] and not report.over_budget
     assert sorted(r.id for r in store.list()) == sorted([final_old, pinned_ckpt])
-    assert files_in(store) == sorted(f"{i}.safetensors" for i in (final_old, pinned_ckpt))
+    assert place.names("latents") == sorted(f"{i}.safetensors" for i in (final_old, pinned_ckpt))
     with pytest.raises(LatentDeleted, match="evicted") as caught:
         store.get(ckpt_new)
     assert caught.value.reason == "evicted"
 
 
-def test_budget_never_evicts_pinned_or_their_ancestors(tmp_path: Path) -> None:
-    store = LatentStore(tmp_path, max_bytes=0)
+def test_budget_never_evicts_pinned_or_their_ancestors(place: Place) -> None:
+    store = place.open(max_bytes=0)
     parent = store.put(latent(), stage_type="generate")
     child = store.put(latent(), stage_type="refine", parent_ids=[parent], pinned=True)
     loose = store.put(latent(), stage_type="generate")
@@ -385,6 +394,7 @@ def test_gc_report_is_a_pydantic_model(store: LatentStore) -> None:
     assert GcReport.model_validate_json(report.model_dump_json()) == report
 
 
+@local_only("nothing is staged remotely: an object appears whole with one PUT")
 def test_gc_removes_abandoned_temp_files_but_not_fresh_foreign_ones(store: LatentStore) -> None:
     latents = store.root / "latents"
     old = latents / ".tmp~otherhost~123~abcd~01hxxxxxxxxxxxxxxxxxxxxxxx.safetensors"
@@ -445,24 +455,26 @@ def test_lineage_lists_ancestors_descendants_and_missing(store: LatentStore) -> 
 # --- durability: restart, rebuild, journal ------------------------------------------------------
 
 
-def test_reopen_after_restart_keeps_records_pins_and_tombstones(tmp_path: Path) -> None:
-    first = LatentStore(tmp_path)
+def test_reopen_after_restart_keeps_records_pins_and_tombstones(place: Place) -> None:
+    first = place.open()
     kept = first.put(latent(1), stage_type="generate", pipeline_id="p")
     pinned = first.put(latent(2), stage_type="refine", parent_ids=[kept])
     first.pin(pinned)
     gone = first.put(latent(3), stage_type="generate")
     first.delete(gone)
     first.close()
-    second = LatentStore(tmp_path)
+    second = place.open()
     assert sorted(r.id for r in second.list()) == sorted([kept, pinned])
     assert second.record(pinned).pinned and torch.equal(second.get(kept), latent(1))
     with pytest.raises(LatentDeleted):
         second.get(gone)
 
 
+@local_only("it damages the index file in the store; a memory:// index lives in memory, one per handle")
 @pytest.mark.parametrize("damage", ["remove", "garbage", "truncate"])
-def test_missing_or_unreadable_index_is_rebuilt_from_files(tmp_path: Path, damage: str) -> None:
-    first = LatentStore(tmp_path)
+def test_missing_or_unreadable_index_is_rebuilt_from_files(place: Place, damage: str) -> None:
+    tmp_path = Path(place.root)
+    first = place.open()
     a = first.put(latent(1), stage_type="generate", pipeline_id="p", backend=TURBO)
     b = first.put(latent(2), stage_type="refine", parent_ids=[a], extras={"m": torch.ones(2)})
     first.pin(b)
@@ -481,7 +493,7 @@ def test_missing_or_unreadable_index_is_rebuilt_from_files(tmp_path: Path, damag
         index.write_bytes(b"this is not a database" * 100)
     else:
         index.write_bytes(index.read_bytes()[:200])
-    second = LatentStore(tmp_path)
+    second = place.open()
     assert {r.id: r for r in second.list()} == expected
     assert second.record(b).pinned and torch.equal(second.get_extras(b)["m"], torch.ones(2))
     assert [x.id for x in second.lineage(b).ancestors] == [a]
@@ -498,54 +510,57 @@ def test_rebuild_index_in_place_matches_the_live_index(store: LatentStore) -> No
     assert store.list() == before
 
 
-def test_unreadable_file_found_at_rebuild_is_quarantined(tmp_path: Path) -> None:
-    first = LatentStore(tmp_path)
+def test_unreadable_file_found_at_rebuild_is_quarantined(place: Place) -> None:
+    first = place.open()
     good = first.put(latent(1), stage_type="generate")
     bad = first.put(latent(2), stage_type="generate")
     first.close()
-    (tmp_path / "latents" / f"{bad}.safetensors").write_bytes(b"\x00" * 50)  # header length 0: not ours
-    (tmp_path / "index.sqlite3").unlink()
-    second = LatentStore(tmp_path)
+    place.write(latent_rel(bad), b"\x00" * 50)  # header length 0: not ours
+    place.forget_index()
+    second = place.open()
     assert [r.id for r in second.list()] == [good]
-    assert (tmp_path / "corrupt" / f"{bad}.safetensors").exists()
+    assert place.exists(f"corrupt/{bad}.safetensors") and not place.exists(latent_rel(bad))
     with pytest.raises(LatentCorrupt, match="moved"):
         second.get(bad)
 
 
-def test_crash_between_journal_and_index_is_completed_at_open(tmp_path: Path) -> None:
+@local_only("a torn last line belongs to the appended journal; a remote journal entry is one whole object")
+def test_crash_between_journal_and_index_is_completed_at_open(place: Place) -> None:
     """A delete killed after its journal append but before its index commit: the next open must
     finish it (tombstone + file removal), and a torn journal line must be ignored then cut."""
-    first = LatentStore(tmp_path)
+    tmp_path = Path(place.root)
+    first = place.open()
     doomed = first.put(latent(1), stage_type="generate")
     kept = first.put(latent(2), stage_type="generate")
     first.close()
-    journal.append(LocalFileSystem(tmp_path), [journal.Event("remove", doomed, time.time(), "deleted")])
+    appended = journal.AppendedJournal(LocalFileSystem(tmp_path))
+    appended.append([journal.Event("remove", doomed, time.time(), "deleted")], after=0)
     with open(tmp_path / "journal.jsonl", "ab") as f:
         f.write(b'{"op":"pin","id":"' + kept.encode())  # torn: the writer died mid-line
-    second = LatentStore(tmp_path)
+    second = place.open()
     with pytest.raises(LatentDeleted):
         second.get(doomed)
-    assert not file_of(second, doomed).exists()
+    assert not place.exists(latent_rel(doomed))
     assert not second.record(kept).pinned
     second.pin(kept)
     assert (tmp_path / "journal.jsonl").read_bytes().endswith(b"\n")
     second.close()
-    (tmp_path / "index.sqlite3").unlink()
-    assert LatentStore(tmp_path).record(kept).pinned
+    place.forget_index()
+    assert place.open().record(kept).pinned
 
 
-def test_damaged_journal_line_is_a_clear_error(tmp_path: Path) -> None:
-    LatentStore(tmp_path).close()
-    (tmp_path / "journal.jsonl").write_bytes(b"not json\n")
-    (tmp_path / "index.sqlite3").unlink()
+def test_damaged_journal_line_is_a_clear_error(place: Place) -> None:
+    place.open().close()
+    place.write(place.journal_rel(), b"not json\n")
+    place.forget_index()
     with pytest.raises(StageError, match="journal.*line 1"):
-        LatentStore(tmp_path)
+        place.open()
 
 
-def test_lock_held_elsewhere_is_store_busy(store: LatentStore) -> None:
+def test_lock_held_elsewhere_is_store_busy(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate")
-    impatient = LatentStore(store.root, lock_timeout_s=0.2)
-    with filelock.FileLock(store.root / ".lock"):
+    impatient = place.open(lock_timeout_s=0.2)
+    with store.site.lock.held():
         with pytest.raises(StoreBusy, match="lock"):
             impatient.pin(latent_id)
         with pytest.raises(StoreBusy):
@@ -556,15 +571,15 @@ def test_lock_held_elsewhere_is_store_busy(store: LatentStore) -> None:
     assert store.record(latent_id).pinned
 
 
-def test_journal_shorter_than_the_index_expects_triggers_a_rebuild(tmp_path: Path) -> None:
-    first = LatentStore(tmp_path)
-    kept = first.put(latent(1), stage_type="generate")
-    first.pin(kept)
-    first.close()
-    (tmp_path / "journal.jsonl").write_bytes(b"")  # e.g. restored from an older backup
-    second = LatentStore(tmp_path)
-    assert [r.id for r in second.list()] == [kept]
-    assert not second.record(kept).pinned  # the pin lived only in the lost journal
+def test_journal_shorter_than_the_index_expects_triggers_a_rebuild(place: Place, store: LatentStore) -> None:
+    kept = store.put(latent(1), stage_type="generate")
+    store.pin(kept)
+    place.wipe_journal()  # e.g. restored from an older backup
+    again = place.open()  # a local open finds the shared index ahead of the journal
+    store.gc()  # the lock holder catches up first: a remote host finds its own index ahead
+    for handle in (again, store):
+        assert [r.id for r in handle.list()] == [kept]
+        assert not handle.record(kept).pinned  # the pin lived only in the lost journal
 
 
 def test_returned_tensors_are_private_copies(store: LatentStore) -> None:
@@ -584,22 +599,23 @@ def test_empty_and_scalar_tensors_roundtrip(store: LatentStore) -> None:
     assert torch.equal(store.get(store.put(scalar, stage_type="generate")), scalar)
 
 
-def test_foreign_files_in_the_latents_folder_are_left_alone(tmp_path: Path) -> None:
-    LatentStore(tmp_path).close()
-    foreign = [tmp_path / "latents" / "README.txt", tmp_path / "latents" / "Not An ID.safetensors"]
-    for path in foreign:
-        path.write_text("not ours")
-    store = LatentStore(tmp_path)
+def test_foreign_files_in_the_latents_folder_are_left_alone(place: Place) -> None:
+    place.open().close()
+    foreign = ["latents/README.txt", "latents/Not An ID.safetensors"]
+    for rel in foreign:
+        place.write(rel, b"not ours")
+    store = place.open()
     latent_id = store.put(latent(), stage_type="generate")
     assert [r.id for r in store.list()] == [latent_id]
     assert store.gc(now=datetime.now(UTC) + timedelta(days=2)).orphans_removed == []
-    assert all(path.read_text() == "not ours" for path in foreign)
+    assert all(place.read(rel) == b"not ours" for rel in foreign)
 
 
-def test_journal_naming_a_path_instead_of_an_id_is_refused(tmp_path: Path) -> None:
-    LatentStore(tmp_path).close()
-    (tmp_path / "victim").write_text("keep me")
-    (tmp_path / "journal.jsonl").write_bytes(b'{"op":"remove","id":"../victim","at":1.0,"reason":"deleted"}\n')
+def test_journal_naming_a_path_instead_of_an_id_is_refused(place: Place) -> None:
+    place.open().close()
+    place.write("victim.safetensors", b"keep me")
+    place.write(place.journal_rel(), b'{"op":"remove","id":"../victim","at":1.0,"reason":"deleted"}\n')
+    place.forget_index()
     with pytest.raises(StageError, match="journal.*line 1"):
-        LatentStore(tmp_path)
-    assert (tmp_path / "victim").read_text() == "keep me"
+        place.open()
+    assert place.read("victim.safetensors") == b"keep me"

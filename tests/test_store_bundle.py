@@ -1,10 +1,11 @@
 """Bundles: export several latents to one file, import them elsewhere; a corrupt, foreign or
-conflicting bundle is refused with nothing written."""
+conflicting bundle is refused with nothing written. On both sites (``tests/store_sites.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,18 +18,29 @@ from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.errors import BundleError, LatentDeleted, LatentExpired, LatentNotFound
 from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.stages.store.files import split_header, tensor_digest
+from tests.store_sites import Place, places, site_kind  # noqa: F401 (fixtures)
 
 TURBO = BackendIdentity(name="embedded", variant="turbo", latent_space="ace15", weights_digest="abc")
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> LatentStore:
-    return LatentStore(tmp_path / "source")
+def source_place(places: Callable[[str], Place]) -> Place:
+    return places("source")
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> LatentStore:
-    return LatentStore(tmp_path / "target", ttl_hours=2)
+def source(source_place: Place) -> LatentStore:
+    return source_place.open()
+
+
+@pytest.fixture
+def target_place(places: Callable[[str], Place]) -> Place:
+    return places("target")
+
+
+@pytest.fixture
+def target(target_place: Place) -> LatentStore:
+    return target_place.open(ttl_hours=2)
 
 
 def chain(store: LatentStore) -> list[str]:
@@ -48,11 +60,9 @@ def chain(store: LatentStore) -> list[str]:
     return [a, b]
 
 
-def store_state(store: LatentStore) -> tuple[list[str], list[str]]:
-    """Files on disk and the journal: what 'nothing written' is checked against."""
-    files = sorted(os.listdir(store.root / "latents"))
-    journal = store.root / "journal.jsonl"
-    return files, journal.read_text().splitlines() if journal.exists() else []
+def store_state(place: Place) -> tuple[list[str], list[bytes]]:
+    """The latent files and the journal: what 'nothing written' is checked against."""
+    return place.names("latents"), place.journal_lines()
 
 
 def rewrite_bundle(path: Path, edit) -> None:
@@ -85,7 +95,9 @@ def test_roundtrip_keeps_tensors_extras_records_and_lineage(
     assert [r.id for r in target.lineage(ids[1]).ancestors] == [ids[0]]
 
 
-def test_import_is_idempotent_and_revives_deleted_or_expired(source: LatentStore, tmp_path: Path) -> None:
+def test_import_is_idempotent_and_revives_deleted_or_expired(
+    source_place: Place, source: LatentStore, tmp_path: Path
+) -> None:
     ids = chain(source)
     originals = {latent_id: source.get(latent_id) for latent_id in ids}
     path = source.export_bundle(ids, tmp_path / "b.bundle")
@@ -101,8 +113,8 @@ def test_import_is_idempotent_and_revives_deleted_or_expired(source: LatentStore
     assert all(torch.equal(source.get(latent_id), originals[latent_id]) for latent_id in ids)
     assert source.record(ids[1]).pinned  # the bundle carried the pin
     source.close()
-    (source.root / "index.sqlite3").unlink()
-    rebuilt = LatentStore(source.root)  # the revival survives an index rebuild from files + journal
+    source_place.forget_index()
+    rebuilt = source_place.open()  # the revival survives an index rebuild from files + journal
     assert sorted(r.id for r in rebuilt.list()) == sorted(ids) and rebuilt.record(ids[1]).pinned
 
 
@@ -112,7 +124,8 @@ def test_export_needs_resolvable_ids_and_writes_nothing_otherwise(source: Latent
         source.export_bundle([ids[0], "nope"], tmp_path / "x.bundle")
     with pytest.raises(BundleError, match="at least one"):
         source.export_bundle([], tmp_path / "x.bundle")
-    assert not (tmp_path / "x.bundle").exists() and os.listdir(tmp_path) == ["source"]
+    assert not (tmp_path / "x.bundle").exists()
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".") or name.endswith(".bundle")] == []
 
 
 def _flip_tensor_byte(tensors: dict, metadata: dict) -> None:
@@ -181,15 +194,15 @@ def _no_manifest(tensors: dict, metadata: dict) -> None:
     ],
 )
 def test_bad_bundle_is_refused_with_nothing_written(
-    source: LatentStore, target: LatentStore, tmp_path: Path, edit, reason: str
+    source: LatentStore, target_place: Place, target: LatentStore, tmp_path: Path, edit, reason: str
 ) -> None:
     path = source.export_bundle(chain(source), tmp_path / "b.bundle")
     rewrite_bundle(path, edit)
     target.put(torch.zeros(1, 2, 64), stage_type="generate")
-    before = store_state(target), [r.id for r in target.list()]
+    before = store_state(target_place), [r.id for r in target.list()]
     with pytest.raises(BundleError, match=reason):
         target.import_bundle(path)
-    assert (store_state(target), [r.id for r in target.list()]) == before
+    assert (store_state(target_place), [r.id for r in target.list()]) == before
 
 
 @pytest.mark.parametrize(
@@ -200,36 +213,42 @@ def test_bad_bundle_is_refused_with_nothing_written(
         (None, "unreadable"),
     ],
 )
-def test_unreadable_bundle_is_refused(target: LatentStore, tmp_path: Path, content: bytes | None, reason: str) -> None:
+def test_unreadable_bundle_is_refused(
+    target_place: Place, target: LatentStore, tmp_path: Path, content: bytes | None, reason: str
+) -> None:
     path = tmp_path / "junk.bundle"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(BundleError, match=reason):
         target.import_bundle(path)
-    assert store_state(target) == ([], [])
+    assert store_state(target_place) == ([], [])
 
 
-def test_truncated_bundle_is_refused(source: LatentStore, target: LatentStore, tmp_path: Path) -> None:
+def test_truncated_bundle_is_refused(
+    source: LatentStore, target_place: Place, target: LatentStore, tmp_path: Path
+) -> None:
     path = source.export_bundle(chain(source), tmp_path / "b.bundle")
     data = path.read_bytes()
     _, data_start = split_header(data)
     path.write_bytes(data[: data_start + 100])
     with pytest.raises(BundleError, match="tensor data unreadable"):
         target.import_bundle(path)
-    assert store_state(target) == ([], [])
+    assert store_state(target_place) == ([], [])
 
 
-def test_id_clash_with_different_content_is_refused(source: LatentStore, target: LatentStore, tmp_path: Path) -> None:
+def test_id_clash_with_different_content_is_refused(
+    source: LatentStore, target_place: Place, target: LatentStore, tmp_path: Path
+) -> None:
     ids = chain(source)
     path = source.export_bundle(ids, tmp_path / "b.bundle")
     target.import_bundle(path)
     # same ID, different content, digests consistent: as if another store had made the same ID
     rewrite_bundle(path, _flip_tensor_byte)
     rewrite_bundle(path, _redigest)
-    before = store_state(target)
+    before = store_state(target_place)
     with pytest.raises(BundleError, match=f"{ids[0]} exists here with different content"):
         target.import_bundle(path)
-    assert store_state(target) == before
+    assert store_state(target_place) == before
     assert torch.equal(target.get(ids[0]), source.get(ids[0]))
 
 
@@ -239,12 +258,14 @@ def _redigest(tensors: dict, metadata: dict) -> None:
     metadata["manifest"] = json.dumps(manifest)
 
 
-def test_import_never_unpins_and_agrees_with_a_rebuild(source: LatentStore, tmp_path: Path) -> None:
+def test_import_never_unpins_and_agrees_with_a_rebuild(
+    source_place: Place, source: LatentStore, tmp_path: Path
+) -> None:
     loose = source.put(torch.randn(1, 4, 64), stage_type="generate")
     path = source.export_bundle([loose], tmp_path / "b.bundle")  # exported unpinned
     source.pin(loose)
     source.import_bundle(path)
     assert source.record(loose).pinned
     source.close()
-    (source.root / "index.sqlite3").unlink()
-    assert LatentStore(source.root).record(loose).pinned
+    source_place.forget_index()
+    assert source_place.open().record(loose).pinned

@@ -1,10 +1,16 @@
 """Crash safety: writer processes killed with SIGKILL at random points, many times over.
 
 Each round starts a real writer process (put, pin, unpin, delete, gc in a random mix, logging each
-operation before and after it), kills it with SIGKILL after a random delay, then reopens the store
-and checks it against the log: everything listed loads with its digest verified, every completed put
-is there (unless deleted), completed deletes and pins took effect, no record is lost or corrupt, and
-files and records correspond one to one. At the end gc must leave no orphan files.
+operation before and after it), kills it with SIGKILL, then reopens the store and checks it against
+the log: everything listed loads with its digest verified, every completed put is there (unless
+deleted), completed deletes and pins took effect, no record is lost or corrupt, and files and
+records correspond one to one. At the end gc must leave no orphan files.
+
+Nothing here depends on how fast the machine is. The writer reports each completed put through a
+pipe; a round waits for a random number of them, then lets the writer run a random fraction of the
+time its last put took (so kills fall anywhere in an operation, at any machine speed) before the
+kill. Every fifth round (the last included) instead freezes the writer (SIGSTOP) while one of its writes is staged on
+disk and kills it there, so some kills always land inside a write.
 """
 
 from __future__ import annotations
@@ -14,20 +20,25 @@ import os
 import random
 import signal
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 import torch
 from loguru import logger
 
+from prefect_acestep.stages.atomic import STAGING_PREFIX
 from prefect_acestep.stages.errors import LatentDeleted
 from prefect_acestep.stages.store import LatentStore
 
 ROUNDS = 50
+PATIENCE_S = 120.0
+"""How long a round waits for the writer's next put before it fails (a hung writer, not a slow one)."""
 
 
-def _writer(root: str, log_path: str, seed: int) -> None:
-    """Runs until killed. Every operation is logged as started ("x?") and then as done ("x")."""
+def _writer(root: str, log_path: str, seed: int, progress: Connection) -> None:
+    """Runs until killed. Every operation is logged as started ("x?") and then as done ("x"); each
+    completed put is also reported on ``progress``."""
     logger.remove()
     rng = random.Random(seed)
     store = LatentStore(root)
@@ -48,6 +59,7 @@ def _writer(root: str, log_path: str, seed: int) -> None:
                     pinned=pinned,
                 )
                 log.write(f"put {latent_id} {int(pinned)}\n")
+                progress.send_bytes(b"p")
                 mine.append(latent_id)
             elif roll < 0.8:
                 target = rng.choice(mine)
@@ -118,6 +130,36 @@ def _check(root: Path, expect: Expectations) -> set[str]:
     return set(listed)
 
 
+def _wait_for_puts(progress: Connection, count: int) -> float:
+    """Block until the writer reports ``count`` more completed puts; return how long the last took."""
+    started = time.monotonic()
+    for _ in range(count):
+        assert progress.poll(PATIENCE_S), f"the writer completed no put in {PATIENCE_S} s"
+        progress.recv_bytes()
+        took, started = time.monotonic() - started, time.monotonic()
+    return took
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _freeze_inside_a_write(pid: int, latents: Path) -> None:
+    """Stop the writer (SIGSTOP) at a moment when one of its writes is staged on disk."""
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:
+        if any(name.startswith(STAGING_PREFIX) and f"~{pid}~" in name for name in os.listdir(latents)):
+            os.kill(pid, signal.SIGSTOP)
+            while not _stopped(pid):
+                time.sleep(0.001)
+            if any(name.startswith(STAGING_PREFIX) and f"~{pid}~" in name for name in os.listdir(latents)):
+                return
+            os.kill(pid, signal.SIGCONT)  # it published the file meanwhile: catch the next one
+        time.sleep(0.0002)
+    raise AssertionError(f"the writer staged no write within {PATIENCE_S} s")
+
+
 def test_sigkill_at_random_points_never_breaks_the_store(tmp_path: Path) -> None:
     root, log_path = tmp_path / "store", tmp_path / "ops.log"
     LatentStore(root).close()
@@ -126,21 +168,32 @@ def test_sigkill_at_random_points_never_breaks_the_store(tmp_path: Path) -> None
     context.set_forkserver_preload(["torch", "prefect_acestep.stages.store", __name__])
     rng = random.Random(1234)
     expect = Expectations()
-    temp_leftovers = 0
+    reported = 0
     for round_number in range(ROUNDS):
-        writer = context.Process(target=_writer, args=(str(root), str(log_path), round_number))
+        progress, report = context.Pipe(duplex=False)
+        writer = context.Process(target=_writer, args=(str(root), str(log_path), round_number, report))
         writer.start()
-        time.sleep(rng.uniform(0.02, 0.2))
+        report.close()
+        puts = rng.randint(1, 6)
+        last_put_s = _wait_for_puts(progress, puts)
+        reported += puts
+        frozen = (ROUNDS - 1 - round_number) % 5 == 0  # the last round too, so its leftover awaits the final gc
+        if frozen:
+            _freeze_inside_a_write(writer.pid, root / "latents")
+        else:
+            time.sleep(rng.uniform(0, last_put_s))
         writer.kill()
         writer.join()
+        progress.close()
         assert writer.exitcode == -signal.SIGKILL, "the writer must die by SIGKILL, not by an error"
-        temp_leftovers += sum(name.startswith(".tmp~") for name in os.listdir(root / "latents"))
+        if frozen:
+            assert any(f"~{writer.pid}~" in name for name in os.listdir(root / "latents")), "killed mid-write"
         expect.read(log_path)
         _check(root, expect)
-    assert len(expect.put) > ROUNDS, "writers must have done real work between kills"
-    assert temp_leftovers > 0, "some kill should have hit a write in progress"
+    assert len(expect.put) >= reported, "every put the writers reported must be in their log"
     store = LatentStore(root)
     leftovers = sorted(f"latents/{name}" for name in os.listdir(root / "latents") if name.startswith(".tmp~"))
+    assert leftovers, "the rounds killed inside a write must have left their staging behind"
     report = store.gc()
     assert report.removed == []  # nothing expired: only leftovers go
     assert sorted(report.orphans_removed) == leftovers

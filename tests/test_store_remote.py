@@ -272,14 +272,14 @@ def test_a_stale_journal_writer_loses_without_changing_anything(remote: Remote) 
     a.pin(latent_id)
     before = remote.keys("journal")
     with pytest.raises(StoreBusy, match="another process"):
-        journal.append(b._fs, [journal.Event("remove", latent_id, time.time(), "deleted")], after=position)
+        b.site.journal.append([journal.Event("remove", latent_id, time.time(), "deleted")], after=position)
     assert remote.keys("journal") == before and a.exists(latent_id) and b.record(latent_id).pinned
 
 
 def test_the_lock_is_exclusive_between_hosts(remote: Remote) -> None:
     a, b = remote.host("a"), remote.host("b", lock_timeout_s=0.3)
     latent_id = a.put(latent(seed=18), stage_type="generate")
-    with a._lock.held():
+    with a.site.lock.held():
         started = time.monotonic()
         with pytest.raises(StoreBusy, match="held by"):
             b.pin(latent_id)
@@ -301,7 +301,7 @@ HOLDER = """
 import sys, time
 from prefect_acestep.stages.store import LatentStore
 store = LatentStore(sys.argv[1], storage_options={"endpoint_url": sys.argv[2]}, index_dir=sys.argv[3], lease_s=1.0)
-with store._lock.held():
+with store.site.lock.held():
     print("held", flush=True)
     time.sleep(600)
 """

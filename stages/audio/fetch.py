@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 from loguru import logger
 
-from prefect_acestep.stages.audio.atomic import staged_output
+from prefect_acestep.stages.atomic import staged_output
 from prefect_acestep.stages.audio.io import load_audio
 from prefect_acestep.stages.errors import AudioError, AudioUnavailable
 from prefect_acestep.stages.geometry import MAX_DURATION_S, SAMPLE_RATE

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from prefect_acestep.stages.audio.atomic import staged_output
+from prefect_acestep.stages.atomic import staged_output
 from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
 from prefect_acestep.stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
 from prefect_acestep.stages.errors import AudioError
@@ -91,7 +91,7 @@ def write_audio(
     waveform = _as_frames_first(audio, path)
     comment = None if metadata is None else encode_comment(metadata)
     try:
-        with staged_output(path.parent, suffix=path.suffix, target=path) as staged:
+        with staged_output(path.parent, target=path) as staged:
             with sf.SoundFile(
                 str(staged.tmp), "w", samplerate=sample_rate, channels=waveform.shape[1],
                 format=fmt, subtype=default_subtype if subtype is None else subtype,

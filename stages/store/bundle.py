@@ -16,10 +16,10 @@ import safetensors.torch
 import torch
 from pydantic import ValidationError
 
+from prefect_acestep.stages.atomic import staged_output
 from prefect_acestep.stages.errors import BundleError, InvalidLatentId
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store.files import check_format, dtype_name, extras_digest, split_header, tensor_digest
-from prefect_acestep.stages.store.fs import LocalFileSystem
 from prefect_acestep.stages.store.ids import validate_latent_id
 
 BUNDLE_FORMAT = "prefect-acestep-bundle"
@@ -50,10 +50,8 @@ def write_bundle(path: Path, items: list[BundleItem]) -> Path:
         )
     metadata = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "manifest": json.dumps(manifest)}
     path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    LocalFileSystem(path.parent).write_atomic(
-        path.name, lambda temp: safetensors.torch.save_file(tensors, temp, metadata)
-    )
+    with staged_output(path.parent, target=path) as staged:
+        safetensors.torch.save_file(tensors, staged.tmp, metadata)
     return path
 
 

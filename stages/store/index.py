@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect_acestep.stages.errors import StoreBusy
+from prefect_acestep.stages.storage_errors import map_storage_errors
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store.journal import RemovalReason
 
@@ -146,7 +147,7 @@ class Index:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes SQLite's write lock up front (no upgrade deadlocks)."""
-        with self._lock, _busy_as_store_busy(self.path):
+        with self._lock, _typed_errors(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -156,7 +157,7 @@ class Index:
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        with self._lock, _busy_as_store_busy(self.path):
+        with self._lock, _typed_errors(self.path):
             return self._db.execute(sql, params).fetchall()
 
     # --- meta -------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class Index:
 
     def touch(self, latent_id: str, at: float) -> None:
         """Record an access for LRU eviction. Outside an explicit transaction: one autocommit."""
-        with self._lock, _busy_as_store_busy(self.path):
+        with self._lock, _typed_errors(self.path):
             self._db.execute("UPDATE records SET last_access = ? WHERE id = ?", (at, latent_id))
 
     # --- reads ------------------------------------------------------------------------------
@@ -379,10 +380,13 @@ class Index:
 
 
 @contextmanager
-def _busy_as_store_busy(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StoreBusy(f"latent store index {path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {exc}") from exc
-        raise
+def _typed_errors(path: Path) -> Iterator[None]:
+    """A lock held too long is ``StoreBusy``; a full disk or a read-only index is a typed storage
+    error (``storage_errors``)."""
+    with map_storage_errors(path):
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreBusy(f"latent store index {path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {exc}") from exc
+            raise

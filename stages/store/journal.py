@@ -6,7 +6,8 @@ durable before the index or any file is touched, the index remembers how far int
 has applied (its *position*), and a rebuild replays the whole journal over the files. One write
 covers a whole gc batch.
 
-The journal has one interface and two layouts, chosen by what the filesystem can do:
+The journal has one interface (``Journal``) and two layouts, one per site (``site.py``), as each
+filesystem allows:
 
 - a local directory appends to one file, ``journal.jsonl`` (fsync per append; the position is a byte
   offset; a torn last line from a crash is cut off by the next append);
@@ -22,11 +23,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal, cast, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from prefect_acestep.stages.errors import StageError, StoreBusy
-from prefect_acestep.stages.store.fs import FileSystem, ObjectFileSystem
 from prefect_acestep.stages.store.ids import validate_latent_id
+
+if TYPE_CHECKING:
+    from prefect_acestep.stages.store.fs import LocalFileSystem
+    from prefect_acestep.stages.store.remote import RemoteFileSystem
 
 JOURNAL = "journal.jsonl"
 SEGMENTS_DIR = "journal"
@@ -67,64 +71,87 @@ def segment_rel(number: int) -> str:
     return f"{SEGMENTS_DIR}/{number:012d}.jsonl"
 
 
-def append(fs: FileSystem, events: list[Event], *, after: int | None = None) -> int:
-    """Make ``events`` durable; return the journal position after them. Caller holds the store lock;
-    ``after`` is the position its index is caught up to (an object store needs it to name the next
-    segment)."""
-    data = b"".join(event.to_line() for event in events)
-    if fs.can_append:
-        return fs.append_durable(JOURNAL, data)
-    if after is None:
-        raise ValueError("appending to a segmented journal needs the current position")
-    objects = cast(ObjectFileSystem, fs)
-    number = after + 1
-    if objects.create_exclusive(segment_rel(number), data):
-        return number
-    existing = objects.read_many([segment_rel(number)])[0]
-    if existing == data:
-        return number  # our own write, whose answer was lost and which a retry then found
-    raise StoreBusy(
-        f"store journal entry {segment_rel(number)} was written by another process while this one held "
-        "the store lock (its lease was taken over?); nothing was changed, try again"
-    )
+class Journal(Protocol):
+    """A site's journal layout. Callers of ``append`` hold the store lock."""
+
+    def append(self, events: list[Event], *, after: int) -> int:
+        """Make ``events`` durable; return the journal position after them. ``after`` is the position
+        the caller's index is caught up to (an object store names the next segment by it)."""
+        ...
+
+    def read(self, offset: int) -> tuple[list[Event], int]:
+        """Complete events after position ``offset``, and the position after the last of them.
+        Raises ``JournalBehind`` when the journal does not reach ``offset``."""
+        ...
 
 
-def read(fs: FileSystem, offset: int) -> tuple[list[Event], int]:
-    """Complete events after position ``offset``, and the position after the last of them (a torn
-    last line, from a crash mid-append, is not an event). Raises ``JournalBehind`` when the journal
-    does not reach ``offset``."""
-    if not fs.can_append:
-        return _read_segments(fs, offset)
-    size = fs.size(JOURNAL) if fs.exists(JOURNAL) else 0
-    if size < offset:
-        raise JournalBehind(f"journal is {size} bytes but the index has applied {offset}")
-    if size == offset:
-        return [], offset
-    data = fs.read_range(JOURNAL, offset)
-    end = data.rfind(b"\n") + 1
-    return _parse(data[:end], f"{JOURNAL} after byte {offset}"), offset + end
+class AppendedJournal:
+    """One file, ``journal.jsonl``, appended with fsync; the position is a byte offset. A torn last
+    line (a crash mid-append) is not an event, and the next append cuts it off."""
+
+    def __init__(self, fs: LocalFileSystem) -> None:
+        self.fs = fs
+
+    def append(self, events: list[Event], *, after: int) -> int:
+        return self.fs.append_durable(JOURNAL, _lines(events))
+
+    def read(self, offset: int) -> tuple[list[Event], int]:
+        try:
+            size = self.fs.size(JOURNAL)
+        except FileNotFoundError:
+            size = 0
+        if size < offset:
+            raise JournalBehind(f"journal is {size} bytes but the index has applied {offset}")
+        if size == offset:
+            return [], offset
+        data = self.fs.read_range(JOURNAL, offset)
+        end = data.rfind(b"\n") + 1
+        return _parse(data[:end], f"{JOURNAL} after byte {offset}"), offset + end
 
 
-def _read_segments(fs: FileSystem, offset: int) -> tuple[list[Event], int]:
-    objects = cast(ObjectFileSystem, fs)
-    events: list[Event] = []
-    position, window = offset, 1
-    check = [segment_rel(offset)] if offset > 0 else []  # the last applied segment must still be there
-    while True:
-        numbers = range(position + 1, position + 1 + window)
-        found = objects.read_many(check + [segment_rel(n) for n in numbers])
-        if check:
-            if isinstance(found[0], FileNotFoundError):
-                raise JournalBehind(f"journal segment {check[0]} is missing but the index has applied it")
-            found, check = found[1:], []
-        for number, data in zip(numbers, found, strict=True):
-            if isinstance(data, FileNotFoundError):
-                return events, position
-            if isinstance(data, Exception):
-                raise data
-            events += _parse(data, segment_rel(number))
-            position = number
-        window = min(window * 4, _MAX_WINDOW)
+class SegmentedJournal:
+    """One object per append, ``journal/<n>.jsonl``, created exclusively; the position is the last
+    ``n``. Reading probes forward from the position, a growing window of objects at once."""
+
+    def __init__(self, fs: RemoteFileSystem) -> None:
+        self.fs = fs
+
+    def append(self, events: list[Event], *, after: int) -> int:
+        data = _lines(events)
+        number = after + 1
+        if self.fs.create(segment_rel(number), data) is not None:
+            return number
+        existing = self.fs.read_many([segment_rel(number)])[0]
+        if existing == data:
+            return number  # our own write, whose answer was lost and which a retry then found
+        raise StoreBusy(
+            f"store journal entry {self.fs.where(segment_rel(number))} was written by another process while "
+            "this one held the store lock (its lease was taken over?); nothing was changed, try again"
+        )
+
+    def read(self, offset: int) -> tuple[list[Event], int]:
+        events: list[Event] = []
+        position, window = offset, 1
+        check = [segment_rel(offset)] if offset > 0 else []  # the last applied segment must still be there
+        while True:
+            numbers = range(position + 1, position + 1 + window)
+            found = self.fs.read_many(check + [segment_rel(n) for n in numbers])
+            if check:
+                if isinstance(found[0], FileNotFoundError):
+                    raise JournalBehind(f"journal segment {check[0]} is missing but the index has applied it")
+                found, check = found[1:], []
+            for number, data in zip(numbers, found, strict=True):
+                if isinstance(data, FileNotFoundError):
+                    return events, position
+                if isinstance(data, Exception):
+                    raise data
+                events += _parse(data, segment_rel(number))
+                position = number
+            window = min(window * 4, _MAX_WINDOW)
+
+
+def _lines(events: list[Event]) -> bytes:
+    return b"".join(event.to_line() for event in events)
 
 
 def _parse(data: bytes, where: str) -> list[Event]:

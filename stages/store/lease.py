@@ -31,11 +31,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from prefect_acestep.stages.errors import StoreBusy
-from prefect_acestep.stages.store.conditional import ConditionalWrites
+from prefect_acestep.stages.errors import StorageError, StoreBusy
+
+if TYPE_CHECKING:
+    from prefect_acestep.stages.store.remote import RemoteFileSystem
 
 DEFAULT_LEASE_S = 30.0
 
@@ -43,11 +46,12 @@ DEFAULT_LEASE_S = 30.0
 class LeaseLock:
     """A reentrant (per thread) lock over one object; see the module docstring."""
 
-    def __init__(self, objects: ConditionalWrites, path: str, timeout_s: float, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, fs: RemoteFileSystem, rel: str, timeout_s: float, lease_s: float = DEFAULT_LEASE_S):
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
-        self.objects = objects
-        self.path = path
+        self.fs = fs
+        self.rel = rel
+        self.path = fs.where(rel)
         self.timeout_s = timeout_s
         self.lease_s = lease_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -93,15 +97,15 @@ class LeaseLock:
         seen_version, seen_since = "", 0.0
         wait = 0.01
         if self._released:
-            version = self.objects.replace(self.path, self._body("held"), self._released)
+            version = self.fs.replace(self.rel, self._body("held"), self._released)
             if version is not None:
                 self._start(version)
                 return
         while True:
             body = self._body("held")
-            version = self.objects.create(self.path, body)
+            version = self.fs.create(self.rel, body)
             if version is None:
-                current = self.objects.read(self.path)
+                current = self.fs.read_versioned(self.rel)
                 if current is None:
                     continue  # cannot happen with this protocol (nothing deletes the lock); retry
                 data, current_version = current
@@ -112,9 +116,9 @@ class LeaseLock:
                 if holder.get("token") == self._token:
                     version = current_version  # our create succeeded but its answer was lost
                 elif holder.get("state") == "released":
-                    version = self.objects.replace(self.path, body, current_version)
+                    version = self.fs.replace(self.rel, body, current_version)
                 elif now - seen_since >= max(self.lease_s, float(holder.get("lease_s", 0) or 0)):
-                    version = self.objects.replace(self.path, body, current_version)
+                    version = self.fs.replace(self.rel, body, current_version)
                     if version is not None:
                         logger.warning(
                             "latent store lock {}: took over the lease of {} (no heartbeat for {:.1f} s)",
@@ -144,8 +148,8 @@ class LeaseLock:
         while not self._stop.wait(self.lease_s / 3):
             self._beats += 1
             try:
-                version = self.objects.replace(self.path, self._body("held"), self._version)
-            except OSError as exc:  # a network hiccup: try again next beat, the lease has slack
+                version = self.fs.replace(self.rel, self._body("held"), self._version)
+            except StorageError as exc:  # a network hiccup: try again next beat, the lease has slack
                 logger.warning("latent store lock {}: heartbeat failed ({}); retrying", self.path, exc)
                 continue
             if version is None:
@@ -161,7 +165,7 @@ class LeaseLock:
             self._heartbeat = None
         if self.lost:
             return
-        released = self.objects.replace(self.path, self._body("released"), self._version)
+        released = self.fs.replace(self.rel, self._body("released"), self._version)
         if released is None:
             logger.error("latent store lock {}: the lease was taken over before release", self.path)
         self._released = released or ""

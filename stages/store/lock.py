@@ -4,8 +4,8 @@ Puts do not take it (SQLite orders their index inserts); pin, unpin, delete, gc,
 consistency pass at open do, because each of them appends to the journal and then changes the index,
 and a gc deciding what to remove must not interleave with a pin of the same latent.
 
-This is the local store's lock (``filelock``: ``flock`` on a file beside the latents, per host). A
-store on a remote URL uses ``lease.LeaseLock`` instead, an object held by compare-and-swap.
+This is the local site's lock (``filelock``: ``flock`` on a file beside the latents, per host). The
+remote site's is ``lease.LeaseLock``, an object held by compare-and-swap; both are ``site.Lock``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from pathlib import Path
 import filelock
 
 from prefect_acestep.stages.errors import StoreBusy
+from prefect_acestep.stages.storage_errors import map_storage_errors
 
 
 class StoreLock:
+    """Reentrant in one thread; exclusive between threads and processes."""
+
     def __init__(self, path: Path, timeout_s: float) -> None:
         self.path = path
         self.timeout_s = timeout_s
@@ -28,12 +31,13 @@ class StoreLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        try:
-            self._lock.acquire()
-        except filelock.Timeout as exc:
-            raise StoreBusy(
-                f"latent store lock {self.path} is held by another process; gave up after {self.timeout_s} s"
-            ) from exc
+        with map_storage_errors(self.path):  # a read-only store cannot create or open its lock file
+            try:
+                self._lock.acquire()
+            except filelock.Timeout as exc:  # a TimeoutError, which must not read as a storage failure
+                raise StoreBusy(
+                    f"latent store lock {self.path} is held by another process; gave up after {self.timeout_s} s"
+                ) from exc
         try:
             yield
         finally:

@@ -1,4 +1,5 @@
-"""A store root on a remote filesystem (fsspec URL), and where its per-host index lives.
+"""The remote site: a store root on a remote filesystem (fsspec URL), and where its per-host index
+lives.
 
 What carries over from a local directory, and how (the README's "Remote store" section says the
 same for users):
@@ -27,7 +28,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,13 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.storage_errors import map_storage_errors, typed
+from prefect_acestep.stages.store import sync
 from prefect_acestep.stages.store.conditional import ConditionalWrites, check_protocol, for_filesystem, verify
+from prefect_acestep.stages.store.index import Index, Row
+from prefect_acestep.stages.store.journal import SegmentedJournal
+from prefect_acestep.stages.store.lease import LeaseLock
+from prefect_acestep.stages.store.site import LOCK_FILE
 
 INDEX_DIR_ENV = "ACE_INDEX_DIR"
 """Where remote stores keep their per-host index caches (default ``~/.cache/prefect-acestep/index``)."""
@@ -109,7 +117,55 @@ def _default_index_dir() -> Path:
     return Path(cache) / "prefect-acestep" / "index"
 
 
-def open_filesystem(protocol: str, path: str, storage_options: dict[str, Any]) -> FsspecFileSystem:
+class RemoteSite:
+    """A store root on an object store: latents and journal segments are objects, the lock is a
+    lease object, and the index is this host's cache, brought up to date lazily (``refresh``)."""
+
+    remote = True
+
+    def __init__(self, url: str, fs: RemoteFileSystem, index_path: Path, lock_timeout_s: float, lease_s: float):
+        self.root = url
+        self.fs = fs
+        self.journal = SegmentedJournal(fs)
+        self.lock = LeaseLock(fs, LOCK_FILE, lock_timeout_s, lease_s)
+        self.index_path = index_path
+
+    @classmethod
+    def open(
+        cls,
+        protocol: str,
+        path: str,
+        storage_options: dict[str, Any],
+        index_dir: str | Path | None,
+        lock_timeout_s: float,
+        lease_s: float,
+    ) -> RemoteSite:
+        url = f"{protocol}://{path}"
+        with map_storage_errors(url):
+            fs = open_filesystem(protocol, path, storage_options)
+            return cls(url, fs, index_path(url, storage_options, index_dir), lock_timeout_s, lease_s)
+
+    def recover(self, index: Index) -> None:
+        self.refresh(index)
+
+    def refresh(self, index: Index, *, listing: bool = False) -> None:
+        """Apply other hosts' lifecycle changes (one request when there are none); with ``listing``,
+        also index the latents they put (one listing of ``latents/``). Takes no lock: only this
+        host's index changes."""
+        sync.catch_up(self, index, remove_files=False)
+        if listing:
+            sync.index_new_files(self.fs, index)
+
+    def adopt(self, index: Index, latent_id: str) -> Row | None:
+        """A latent another host put: indexed from its object's header."""
+        return sync.adopt(self.fs, index, latent_id)
+
+    def sweep(self, grace_s: float) -> tuple[list[str], int]:
+        """Nothing: a crashed writer leaves nothing behind, as nothing is staged remotely."""
+        return [], 0
+
+
+def open_filesystem(protocol: str, path: str, storage_options: dict[str, Any]) -> RemoteFileSystem:
     """The remote filesystem of a store root, checked to honour conditional writes."""
     check_protocol(protocol)
     options = dict(storage_options)
@@ -124,77 +180,93 @@ def open_filesystem(protocol: str, path: str, storage_options: dict[str, Any]) -
     except (ImportError, ValueError) as exc:
         raise InvalidStageRequest(f"latent store: cannot open {protocol}:// with {sorted(options)}: {exc}") from exc
     objects = for_filesystem(fs, protocol)
-    remote = FsspecFileSystem(fs, path, objects)
     if protocol != "memory":
         verify(objects, path, endpoint_of(storage_options))
-    return remote
+    return RemoteFileSystem(fs, protocol, path, objects)
 
 
-class FsspecFileSystem:
-    """The ``FileSystem`` of ``fs.py`` on an fsspec filesystem (see the module docstring)."""
+class RemoteFileSystem:
+    """The ``FileSystem`` of ``fs.py`` on an fsspec filesystem, plus the compare-and-swap of whole
+    objects (``conditional.py``) that the journal and the lease are built on. Every call goes
+    through ``_call``: the adapter's guard, and typed storage errors naming the object."""
 
-    can_append = False
-
-    def __init__(self, fs: AbstractFileSystem, root: str, objects: ConditionalWrites) -> None:
+    def __init__(self, fs: AbstractFileSystem, protocol: str, root: str, objects: ConditionalWrites) -> None:
         self.fs = fs
+        self.protocol = protocol
         self.root = root
         self.objects = objects
 
     def full(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def makedirs(self, rel: str) -> None:
-        """Object stores have no directories; keys make their prefixes."""
+    def where(self, rel: str) -> str:
+        return f"{self.protocol}://{self.full(rel)}"
+
+    @contextmanager
+    def _call(self, rel: str) -> Iterator[None]:
+        with map_storage_errors(self.where(rel)), self.objects.guard():
+            yield
 
     def write_atomic(self, rel: str, produce: Callable[[Path], None]) -> int:
         """Produce the file locally, then upload it in one PUT: the object appears whole or not at all."""
-        with tempfile.TemporaryDirectory(prefix="latent-upload-") as folder:
+        with map_storage_errors(self.where(rel)), tempfile.TemporaryDirectory(prefix="latent-upload-") as folder:
             temp = Path(folder) / Path(rel).name
             produce(temp)
             data = temp.read_bytes()
-        with self.objects.guard():
+        with self._call(rel):
             self.fs.pipe_file(self.full(rel), data)
         return len(data)
 
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
-        return self.objects.create(self.full(rel), data) is not None
+    def create(self, rel: str, data: bytes) -> str | None:
+        """Write ``data`` if ``rel`` is absent; its version tag, or None if something is there."""
+        with map_storage_errors(self.where(rel)):
+            return self.objects.create(self.full(rel), data)
+
+    def replace(self, rel: str, data: bytes, version: str) -> str | None:
+        """Write ``data`` if ``rel`` is still at ``version``; the new tag, or None if not."""
+        with map_storage_errors(self.where(rel)):
+            return self.objects.replace(self.full(rel), data, version)
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str] | None:
+        """The object's bytes and version tag, read together (None if absent)."""
+        with map_storage_errors(self.where(rel)):
+            return self.objects.read(self.full(rel))
 
     def read(self, rel: str) -> bytearray:
-        with self.objects.guard():
+        with self._call(rel):
             return bytearray(self.fs.cat_file(self.full(rel)))
 
     def read_range(self, rel: str, offset: int, length: int | None = None) -> bytes:
         end = None if length is None else offset + length
-        with self.objects.guard():
+        with self._call(rel):
             return self.fs.cat_file(self.full(rel), start=offset, end=end)
 
     def read_heads(self, rels: list[str], length: int) -> list[bytes | Exception]:
-        """The first ``length`` bytes of each file, fetched concurrently (s3fs runs the range GETs of
-        a batch at once), with the exception in place of a file that could not be read."""
+        """Fetched concurrently (s3fs runs the range GETs of a batch at once)."""
         out: list[bytes | Exception] = []
         for start in range(0, len(rels), _HEAD_BATCH):
-            chunk = [self.full(rel) for rel in rels[start : start + _HEAD_BATCH]]
-            with self.objects.guard():
-                out += self.fs.cat_ranges(chunk, [0] * len(chunk), [length] * len(chunk), on_error="return")
+            chunk = rels[start : start + _HEAD_BATCH]
+            out += self._read_ranges(chunk, [length] * len(chunk))
         return out
 
     def read_many(self, rels: list[str]) -> list[bytes | Exception]:
         """Whole small files, fetched concurrently; the exception in place of an unreadable one."""
-        paths = [self.full(rel) for rel in rels]
-        with self.objects.guard():
-            return self.fs.cat_ranges(paths, [0] * len(paths), [None] * len(paths), on_error="return") if paths else []
+        return self._read_ranges(rels, [None] * len(rels)) if rels else []
+
+    def _read_ranges(self, rels: list[str], ends: list[int | None]) -> list[bytes | Exception]:
+        with self._call(rels[0] if rels else ""):
+            found = self.fs.cat_ranges([self.full(rel) for rel in rels], [0] * len(rels), ends, on_error="return")
+        return [
+            typed(data, self.where(rel)) if isinstance(data, Exception) else data
+            for rel, data in zip(rels, found, strict=True)
+        ]
 
     def size(self, rel: str) -> int:
-        with self.objects.guard():
+        with self._call(rel):
             return int(self.fs.size(self.full(rel)))
 
-    def exists(self, rel: str) -> bool:
-        with self.objects.guard():
-            return bool(self.fs.exists(self.full(rel)))
-
     def remove(self, rel: str) -> int:
-        """Remove ``rel`` if present; return the bytes freed (0 if it was already gone)."""
-        with self.objects.guard():
+        with self._call(rel):
             try:
                 size = int(self.fs.size(self.full(rel)))
                 self.fs.rm_file(self.full(rel))
@@ -205,13 +277,13 @@ class FsspecFileSystem:
     def move(self, src: str, dst: str) -> None:
         """Copy then delete: not atomic, but only used to set corrupt files aside, which is
         idempotent (a crash in between leaves the original to be set aside again)."""
-        with self.objects.guard():
+        with self._call(src):
             self.fs.copy(self.full(src), self.full(dst))
             self.fs.rm_file(self.full(src))
 
     def listing(self, rel: str) -> dict[str, int | None]:
-        """Names and sizes of the files directly under ``rel`` (one LIST per 1000 objects on S3)."""
-        with self.objects.guard():
+        """Files only, with sizes (one LIST per 1000 objects on S3)."""
+        with self._call(rel):
             try:
                 entries = self.fs.ls(self.full(rel), detail=True)
             except FileNotFoundError:
@@ -221,18 +293,3 @@ class FsspecFileSystem:
             for entry in entries
             if entry.get("type") == "file"
         }
-
-    def list_dir(self, rel: str) -> list[str]:
-        return list(self.listing(rel))
-
-    def is_temp(self, name: str) -> bool:
-        return False  # nothing is staged remotely
-
-    def stale_temps(self, rel_dir: str, grace_s: float) -> list[str]:
-        return []
-
-    def remove_temp(self, rel: str) -> int:
-        return self.remove(rel)
-
-    def append_durable(self, rel: str, data: bytes) -> int:
-        raise NotImplementedError("object stores cannot append; the journal writes one object per change")

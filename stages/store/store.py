@@ -1,7 +1,8 @@
 """``LatentStore``: the facade the stages and tasks use. It composes the pieces of this package:
-IDs (``ids``), file format (``files``), file I/O (``fs``), lifecycle journal (``journal``), the
-SQLite index (``index``), recovery (``sync``), retention rules (``retention``) and bundles
-(``bundle``).
+IDs (``ids``), file format (``files``), the site the latents live on (``site``: a local directory,
+``local.py``, or a remote bucket, ``remote.py``, each with its filesystem, journal layout, lock and
+refresh behaviour), the SQLite index (``index``), recovery (``sync``), retention rules
+(``retention``) and bundles (``bundle``).
 
 ``root`` is a local directory or a remote filesystem URL (``s3://bucket/prefix``, ``memory://x``;
 see ``remote.py`` for what each guarantee rests on there). Layout under ``root``::
@@ -45,21 +46,20 @@ from prefect_acestep.stages.errors import (
     LatentNotFound,
 )
 from prefect_acestep.stages.records import LatentRecord
-from prefect_acestep.stages.store import files, journal, sync
+from prefect_acestep.stages.storage_errors import map_storage_errors
+from prefect_acestep.stages.store import files, sync
 from prefect_acestep.stages.store.bundle import BundleItem, read_bundle, write_bundle
-from prefect_acestep.stages.store.files import CORRUPT_DIR, LATENTS_DIR, latent_rel
-from prefect_acestep.stages.store.fs import FileSystem, LocalFileSystem
+from prefect_acestep.stages.store.files import CORRUPT_DIR, latent_rel
 from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
 from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
 from prefect_acestep.stages.store.journal import Event, RemovalReason
-from prefect_acestep.stages.store.lease import DEFAULT_LEASE_S, LeaseLock
-from prefect_acestep.stages.store.lock import StoreLock
+from prefect_acestep.stages.store.lease import DEFAULT_LEASE_S
+from prefect_acestep.stages.store.local import LocalSite
 from prefect_acestep.stages.store.models import GcReport, Lineage, RemovedLatent
-from prefect_acestep.stages.store.remote import index_path, local_path_of, open_filesystem, split_url
+from prefect_acestep.stages.store.remote import RemoteSite, local_path_of, split_url
 from prefect_acestep.stages.store.retention import expiry, is_expired, plan_gc
+from prefect_acestep.stages.store.site import Site
 
-INDEX_FILE = "index.sqlite3"
-LOCK_FILE = ".lock"
 TEMP_GRACE_S = 3600.0
 """A temp file whose writer we cannot check (another host) is presumed abandoned after this long."""
 
@@ -98,34 +98,17 @@ class LatentStore:
             raise InvalidStageRequest(f"max_bytes must be >= 0 or None, got {max_bytes}")
         self.ttl_hours = float(ttl_hours)
         self.max_bytes = max_bytes
-        url = split_url(root)
-        self.remote = url is not None
-        self.root: Path | str
-        self._fs: FileSystem
-        self._lock: StoreLock | LeaseLock
-        if url is None:
-            if storage_options:
-                raise InvalidStageRequest(f"storage_options apply to URL roots only; {root!r} is a local path")
-            if index_dir is not None:
-                raise InvalidStageRequest("a local store keeps its index in its directory; index_dir is for URL roots")
-            directory = self.root = local_path_of(root)
-            directory.mkdir(parents=True, exist_ok=True)
-            self._fs = LocalFileSystem(directory)
-            self._fs.makedirs(LATENTS_DIR)
-            self._lock = StoreLock(directory / LOCK_FILE, lock_timeout_s)
-            with self._lock.held():
-                self._index = self._open_index(directory / INDEX_FILE)
-                self._catch_up()
-                sync.reconcile(self._fs, self._index)
-        else:
-            protocol, path = url
-            self.root = f"{protocol}://{path}"
-            options = dict(storage_options or {})
-            remote = open_filesystem(protocol, path, options)
-            self._fs = remote
-            self._lock = LeaseLock(remote.objects, remote.full(LOCK_FILE), lock_timeout_s, lease_s)
-            self._index = self._open_index(index_path(self.root, options, index_dir))
-            self._refresh_journal()
+        self.site = open_site(
+            root, storage_options=storage_options, index_dir=index_dir, lock_timeout_s=lock_timeout_s, lease_s=lease_s
+        )
+        self.root = self.site.root
+        self._index = self._open_index(self.site.index_path)
+        self.site.recover(self._index)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the latents live on a remote filesystem (several hosts may share them)."""
+        return self.site.remote
 
     def __repr__(self) -> str:
         return f"LatentStore({str(self.root)!r}, ttl_hours={self.ttl_hours}, max_bytes={self.max_bytes})"
@@ -142,53 +125,37 @@ class LatentStore:
     # --- opening and recovery -----------------------------------------------------------------
 
     def _open_index(self, path: Path) -> Index:
-        """The index, rebuilt from the files when it is missing, unreadable or never finished."""
+        """The index, rebuilt from the files when it is missing, unreadable or never finished. An
+        unreadable one is replaced under the lock, so that no other process of this host replaces
+        the new one while this one opens it."""
         try:
             index = Index(path)
-        except IndexUnreadable as exc:
-            logger.warning("latent store {}: index unreadable ({}); rebuilding it from the files", self.root, exc)
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            index = Index(path)
+        except IndexUnreadable:
+            with self.site.lock.held():
+                try:
+                    index = Index(path)  # replaced by another process while this one waited?
+                except IndexUnreadable as exc:
+                    logger.warning("latent store {}: index unreadable ({}); rebuilding it", self.root, exc)
+                    with map_storage_errors(path):
+                        for suffix in ("", "-wal", "-shm"):
+                            Path(f"{path}{suffix}").unlink(missing_ok=True)
+                    index = Index(path)
         if not index.is_built():
-            with self._lock.held():  # reentrant: a local store already holds it here
-                sync.rebuild(self._fs, index)
+            with self.site.lock.held():
+                sync.rebuild(self.site, index)
         return index
 
     def rebuild_index(self) -> None:
         """Recreate the index from the latent files and the journal alone (in place, atomically)."""
-        with self._lock.held():
-            sync.rebuild(self._fs, self._index)
-
-    def _catch_up(self) -> None:
-        """Apply journal events the index lacks (another process may have crashed between its
-        journal append and its index commit); rebuild if the two no longer fit together. Holds the
-        lock (so it may remove files)."""
-        try:
-            sync.catch_up_journal(self._fs, self._index)
-        except IndexUnreadable as exc:
-            logger.warning("latent store {}: {}; rebuilding the index from the files", self.root, exc)
-            sync.rebuild(self._fs, self._index)
-
-    def _refresh_journal(self) -> None:
-        """Remote only: apply other hosts' lifecycle changes to this host's index, without the lock."""
-        try:
-            sync.catch_up_journal(self._fs, self._index, remove_files=False)
-        except IndexUnreadable as exc:
-            logger.warning("latent store {}: {}; rebuilding the index from the files", self.root, exc)
-            with self._lock.held():
-                sync.rebuild(self._fs, self._index)
-
-    def _refresh(self) -> None:
-        """Remote only: also index latents other hosts put (one listing of ``latents/``)."""
-        self._refresh_journal()
-        sync.index_new_files(self._fs, self._index)
+        with self.site.lock.held():
+            sync.rebuild(self.site, self._index)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the store lock with the index caught up on the journal."""
-        with self._lock.held():
-            self._catch_up()
+        """Hold the store lock with the index caught up on the journal (another process may have
+        crashed between its journal append and its index commit), so files may be removed."""
+        with self.site.lock.held():
+            sync.catch_up(self.site, self._index, remove_files=True)
             yield
 
     # --- writing --------------------------------------------------------------------------------
@@ -239,7 +206,7 @@ class LatentStore:
     ) -> tuple[str, int]:
         """Write the latent file atomically while its digests are computed; return the main
         tensor's digest and the file's size."""
-        size = self._fs.write_atomic(
+        size = self.site.fs.write_atomic(
             latent_rel(record.id), lambda path: files.write_latent(path, record, tensor, extras, digests.result)
         )
         return digests.result()[0], size
@@ -258,7 +225,7 @@ class LatentStore:
             if row.pinned == pinned:
                 return
             event = Event("pin" if pinned else "unpin", latent_id, time.time())
-            end = journal.append(self._fs, [event], after=self._index.journal_offset())
+            end = self.site.journal.append([event], after=self._index.journal_offset())
             with self._index.transaction() as db:
                 Index.set_pinned(db, latent_id, pinned)
                 Index.set_journal_offset(db, end)
@@ -278,22 +245,21 @@ class LatentStore:
         if not removals:
             return 0
         events = [Event("remove", i, at, reason) for i, reason, at in removals]
-        end = journal.append(self._fs, events, after=self._index.journal_offset())
+        end = self.site.journal.append(events, after=self._index.journal_offset())
         with self._index.transaction() as db:
             Index.remove(db, removals)
             Index.set_journal_offset(db, end)
-        return sum(self._fs.remove(latent_rel(latent_id)) for latent_id, _, _ in removals)
+        return sum(self.site.fs.remove(latent_rel(latent_id)) for latent_id, _, _ in removals)
 
     # --- reading --------------------------------------------------------------------------------
 
     def _resolve(self, latent_id: str) -> Row:
         """The live row of ``latent_id``, or the typed error saying why there is none."""
         validate_latent_id(latent_id)
-        if self.remote:
-            self._refresh_journal()
+        self.site.refresh(self._index)
         row = self._index.row(latent_id)
-        if row is None and self.remote and self._index.tombstone(latent_id) is None:
-            row = self._adopt(latent_id)
+        if row is None and self._index.tombstone(latent_id) is None:
+            row = self.site.adopt(self._index, latent_id)
         if row is None:
             tombstone = self._index.tombstone(latent_id)
             if tombstone is None:
@@ -312,20 +278,10 @@ class LatentStore:
             raise LatentExpired(latent_id, from_epoch(row.expires_at))
         return row
 
-    def _adopt(self, latent_id: str) -> Row | None:
-        """Remote only: index a latent another host put, from its object's header (None if there is
-        no such object, or a removal of it was journaled meanwhile)."""
-        try:
-            record = files.read_record(self._fs, latent_rel(latent_id), latent_id)
-        except FileNotFoundError:
-            return None
-        self._index.insert_now(record, record.pinned, to_epoch(record.created_at))
-        return self._index.row(latent_id)
-
     def _read(self, latent_id: str) -> tuple[Row, files.DecodedLatent]:
         row = self._resolve(latent_id)
         try:
-            data = self._fs.read(latent_rel(latent_id))
+            data = self.site.fs.read(latent_rel(latent_id))
         except FileNotFoundError:
             self._resolve(latent_id)  # deleted or collected by another process meanwhile
             raise LatentCorrupt(latent_id, "its file is missing from the store") from None
@@ -373,8 +329,7 @@ class LatentStore:
             validate_latent_id(parent)
         if limit is not None and limit < 0:
             raise InvalidStageRequest(f"limit must be >= 0, got {limit}")
-        if self.remote:
-            self._refresh()
+        self.site.refresh(self._index, listing=True)
         rows = self._index.list(
             now=time.time(),
             pipeline_id=pipeline_id,
@@ -391,8 +346,7 @@ class LatentStore:
     def lineage(self, latent_id: str) -> Lineage:
         """Ancestors (what it was made from) and descendants (what was made from it). Ancestors that
         no longer resolve are listed by ID in ``missing_ancestors``."""
-        if self.remote:
-            self._refresh()
+        self.site.refresh(self._index, listing=True)
         self._resolve(latent_id)
         now = time.time()
         up = [i for i, _ in self._index.ancestors(latent_id)]
@@ -416,10 +370,10 @@ class LatentStore:
             raise InvalidStageRequest("gc(now=...) needs a timezone-aware datetime")
         at = time.time() if now is None else now.timestamp()
         with self._locked():
-            orphans, freed = sync.reconcile(self._fs, self._index)
-            for rel in self._fs.stale_temps(LATENTS_DIR, TEMP_GRACE_S):
-                freed += self._fs.remove_temp(rel)
-                orphans.append(rel)
+            orphans, freed = sync.reconcile(self.site, self._index)
+            leftovers, leftover_bytes = self.site.sweep(TEMP_GRACE_S)
+            orphans += leftovers
+            freed += leftover_bytes
             removals, over_budget = plan_gc(
                 now=at,
                 expired=self._index.expired(at),
@@ -464,11 +418,10 @@ class LatentStore:
         items = read_bundle(Path(path))
         with self._locked():
             existing = self._index.rows([item.record.id for item in items])
-            if self.remote:  # latents other hosts put are not in this host's index yet
-                for item in items:
-                    if item.record.id not in existing and self._index.tombstone(item.record.id) is None:
-                        if (row := self._adopt(item.record.id)) is not None:
-                            existing[item.record.id] = row
+            for item in items:  # latents other writers put may not be in this index yet
+                if item.record.id not in existing and self._index.tombstone(item.record.id) is None:
+                    if (row := self.site.adopt(self._index, item.record.id)) is not None:
+                        existing[item.record.id] = row
             for item in items:
                 here = existing.get(item.record.id)
                 if here is not None and here.digest != item.record.digest:
@@ -478,7 +431,7 @@ class LatentStore:
             # A revival resets the journal's view of each ID to its (re)written file, so a rebuild
             # agrees with the index about tombstones and pins of imported latents.
             revivals = [Event("revive", item.record.id, time.time()) for item in items]
-            end = journal.append(self._fs, revivals, after=self._index.journal_offset())
+            end = self.site.journal.append(revivals, after=self._index.journal_offset())
             with self._index.transaction() as db:
                 for item in items:
                     Index.revive(db, item.record.id)
@@ -502,6 +455,25 @@ class LatentStore:
         _, size = self._write(record, item.tensor, item.extras, known)
         record = record.model_copy(update={"size_bytes": size})
         self._index.insert_now(record, record.pinned, to_epoch(now))
+
+
+def open_site(
+    root: str | Path,
+    *,
+    storage_options: dict[str, Any] | None,
+    index_dir: str | Path | None,
+    lock_timeout_s: float,
+    lease_s: float,
+) -> Site:
+    """The site of ``root``: a local directory (a path or ``file://``) or a remote URL."""
+    url = split_url(root)
+    if url is None:
+        if storage_options:
+            raise InvalidStageRequest(f"storage_options apply to URL roots only; {root!r} is a local path")
+        if index_dir is not None:
+            raise InvalidStageRequest("a local store keeps its index in its directory; index_dir is for URL roots")
+        return LocalSite(local_path_of(root), lock_timeout_s)
+    return RemoteSite.open(*url, dict(storage_options or {}), index_dir, lock_timeout_s, lease_s)
 
 
 _digest_pool: tuple[int, ThreadPoolExecutor] | None = None

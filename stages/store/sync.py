@@ -14,23 +14,28 @@ import time
 
 from loguru import logger
 
+from typing import TYPE_CHECKING
+
 from prefect_acestep.stages.errors import InvalidLatentId, LatentCorrupt
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store import journal
-from prefect_acestep.stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_records
+from prefect_acestep.stages.store.files import CORRUPT_DIR, LATENTS_DIR, SUFFIX, latent_rel, read_record, read_records
 from prefect_acestep.stages.store.fs import FileSystem
 from prefect_acestep.stages.store.ids import validate_latent_id
-from prefect_acestep.stages.store.index import Index, IndexUnreadable, to_epoch
+from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, to_epoch
 from prefect_acestep.stages.store.journal import Event
+
+if TYPE_CHECKING:
+    from prefect_acestep.stages.store.site import Site
 
 
 def file_ids(fs: FileSystem, known: set[str] | frozenset[str] = frozenset()) -> dict[str, int | None]:
-    """IDs of the complete latent files (temp files and foreign names are not latents), with their
-    sizes where the listing gives them. Names in ``known`` (already-indexed IDs) were validated
-    when indexed, so only new names are checked."""
+    """IDs of the complete latent files (hidden names, such as staging directories, and foreign names
+    are not latents), with their sizes where the listing gives them. Names in ``known``
+    (already-indexed IDs) were validated when indexed, so only new names are checked."""
     ids = {}
     for name, size in fs.listing(LATENTS_DIR).items():
-        if fs.is_temp(name) or not name.endswith(SUFFIX):
+        if name.startswith(".") or not name.endswith(SUFFIX):
             continue
         latent_id = name[: -len(SUFFIX)]
         if latent_id in known:
@@ -43,7 +48,18 @@ def file_ids(fs: FileSystem, known: set[str] | frozenset[str] = frozenset()) -> 
     return ids
 
 
-def catch_up_journal(fs: FileSystem, index: Index, *, remove_files: bool = True) -> None:
+def catch_up(site: Site, index: Index, *, remove_files: bool) -> None:
+    """``catch_up_journal``, or a rebuild when the index and the journal no longer fit together
+    (the journal was restored from an older backup, wiped, or is another store's)."""
+    try:
+        catch_up_journal(site, index, remove_files=remove_files)
+    except IndexUnreadable as exc:
+        logger.warning("latent store {}: {}; rebuilding the index from the files", site.root, exc)
+        with site.lock.held():  # reentrant: callers that may remove files hold it already
+            rebuild(site, index)
+
+
+def catch_up_journal(site: Site, index: Index, *, remove_files: bool = True) -> None:
     """Apply journal events the index has not seen: a crash between append and index commit, or
     (remote) another host's changes. ``remove_files`` also deletes the files of removed latents,
     which only a lock holder may do: without the lock, an import could be rewriting a revived
@@ -51,7 +67,7 @@ def catch_up_journal(fs: FileSystem, index: Index, *, remove_files: bool = True)
     while True:
         offset = index.journal_offset()
         try:
-            events, end = journal.read(fs, offset)
+            events, end = site.journal.read(offset)
         except journal.JournalBehind as exc:
             raise IndexUnreadable(str(exc)) from exc
         if end == offset:
@@ -70,7 +86,7 @@ def catch_up_journal(fs: FileSystem, index: Index, *, remove_files: bool = True)
         break
     if remove_files:
         for latent_id in journal.replay(events).tombstones:
-            fs.remove(latent_rel(latent_id))
+            site.fs.remove(latent_rel(latent_id))
 
 
 def _quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
@@ -80,7 +96,7 @@ def _quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
     return Event("remove", latent_id, time.time(), "corrupt")
 
 
-def reconcile(fs: FileSystem, index: Index) -> tuple[list[str], int]:
+def reconcile(site: Site, index: Index) -> tuple[list[str], int]:
     """Index complete files the index lacks, finish interrupted removals, and tombstone rows whose
     file vanished. Returns the leftover files removed and their bytes. Run under the store lock,
     after ``catch_up_journal``, so that tombstones the journal holds are known.
@@ -88,6 +104,7 @@ def reconcile(fs: FileSystem, index: Index) -> tuple[list[str], int]:
     Rows are read before the directory is listed: a put that lands in between then shows up as a
     file without a row (harmlessly indexed twice), never as a row without a file (wrongly "lost").
     """
+    fs = site.fs
     indexed = index.all_ids()
     on_disk = file_ids(fs, indexed)
     unindexed = sorted(on_disk.keys() - indexed)
@@ -108,7 +125,7 @@ def reconcile(fs: FileSystem, index: Index) -> tuple[list[str], int]:
     events += [Event("remove", latent_id, now, "lost") for latent_id in sorted(indexed - on_disk.keys())]
     if not records and not events:
         return removed, freed
-    end = journal.append(fs, events, after=index.journal_offset()) if events else None
+    end = site.journal.append(events, after=index.journal_offset()) if events else None
     with index.transaction() as db:
         for record in records:
             Index.insert(db, record, record.pinned, to_epoch(record.created_at))
@@ -132,12 +149,25 @@ def index_new_files(fs: FileSystem, index: Index) -> None:
                 Index.insert(db, record, record.pinned, to_epoch(record.created_at))
 
 
-def rebuild(fs: FileSystem, index: Index) -> None:
-    """Recreate the whole index from the latent files and the journal, in one transaction.
+def adopt(fs: FileSystem, index: Index, latent_id: str) -> Row | None:
+    """Index a latent another writer put, from its file's header (None if there is no such file, or
+    a removal of it was journaled meanwhile)."""
+    try:
+        record = read_record(fs, latent_rel(latent_id), latent_id)
+    except FileNotFoundError:
+        return None
+    index.insert_now(record, record.pinned, to_epoch(record.created_at))
+    return index.row(latent_id)
+
+
+def rebuild(site: Site, index: Index) -> None:
+    """Recreate the whole index from the latent files and the journal, in one transaction. Run under
+    the store lock.
 
     LRU order is not in the files, so last access restarts at each latent's creation time.
     """
-    events, end = journal.read(fs, 0)
+    fs = site.fs
+    events, end = site.journal.read(0)
     state = journal.replay(events)
     records, quarantined = [], []
     on_disk = file_ids(fs)
@@ -150,7 +180,7 @@ def rebuild(fs: FileSystem, index: Index) -> None:
         elif isinstance(record, LatentCorrupt):
             quarantined.append(_quarantine(fs, latent_id, record))
     if quarantined:
-        end = journal.append(fs, quarantined, after=end)
+        end = site.journal.append(quarantined, after=end)
         for event in quarantined:
             state.apply(event)
     with index.transaction() as db:
