@@ -26,7 +26,9 @@ from prefect_acestep.stages.backends.acestep.digest import (  # noqa: E402
 )
 from prefect_acestep.stages.backends.acestep.identity import identity_of  # noqa: E402
 from prefect_acestep.stages.backends.acestep.official_layout import (  # noqa: E402
+    MODULE_PARAMETERS,
     diffusers_name,
+    module_classes,
     official_name,
     write_official_layout,
 )
@@ -71,6 +73,15 @@ def test_the_release_layout_is_what_upstream_ships(official: Path) -> None:
     assert "encoder.lyric_encoder.layers.0.self_attn.q_norm.weight" in keys
     silence = torch.load(official / "acestep-v15-turbo" / "silence_latent.pt", weights_only=True)
     assert silence.shape == (1, 64, 15_000)  # upstream's [1, C, T]
+
+
+def test_module_parameters_are_the_diffusers_modules_arguments() -> None:
+    """Resolving a layout reads configs through ``MODULE_PARAMETERS`` without importing diffusers."""
+    import inspect
+
+    for module, cls in module_classes().items():
+        arguments = tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+        assert MODULE_PARAMETERS[module] == arguments, module
 
 
 def test_renames_round_trip() -> None:
@@ -153,9 +164,9 @@ def test_neither_layout_is_refused_naming_what_is_missing(official: Path, tmp_pa
         assert missing in message
     with pytest.raises(BackendLoadError, match="point at its parent checkpoints/ folder"):
         AceStepBackend(str(official / "acestep-v15-turbo"))
-    with pytest.raises(BackendLoadError, match=r"variants \['turbo', 'base'\]; name the variant"):
+    with pytest.raises(BackendLoadError, match=r"variants \['base', 'turbo'\]; name the variant"):
         AceStepBackend(str(official))
-    with pytest.raises(BackendLoadError, match=r"no acestep-v15-sft/ .* for variant 'sft'; it holds .*\['turbo', 'base'\]"):
+    with pytest.raises(BackendLoadError, match=r"no acestep-v15-sft/ .* for variant 'sft'; it holds .*\['base', 'turbo'\]"):
         AceStepBackend(str(official), variant="sft")
     partial = shutil.copytree(official, tmp_path / "partial")
     shutil.rmtree(partial / "vae")
