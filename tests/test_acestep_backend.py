@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
 from prefect_acestep.stages.backends.acestep.prompt import lyrics_text, prompt_text  # noqa: E402
-from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.identity import BackendIdentity  # noqa: E402
 from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec  # noqa: E402
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest  # noqa: E402
@@ -37,9 +36,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("acestep")
-    return {family: build_tiny_checkpoint(root / family, family) for family in ("base", "turbo")}
+def dirs(tiny_acestep: dict[str, Path]) -> dict[str, Path]:
+    return tiny_acestep
 
 
 @pytest.fixture(scope="module")

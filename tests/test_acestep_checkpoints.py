@@ -32,7 +32,6 @@ from prefect_acestep.stages.backends.acestep.official_layout import (  # noqa: E
     official_name,
     write_official_layout,
 )
-from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.protocol import ConditionSpec  # noqa: E402
 from prefect_acestep.stages.backends.registry import load_backend  # noqa: E402
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop  # noqa: E402
@@ -45,10 +44,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def converted(tiny_acestep: dict[str, Path]) -> dict[str, Path]:
     """Diffusers-layout tiny checkpoints of base and turbo (one VAE), as a conversion gives them."""
-    root = tmp_path_factory.mktemp("diffusers")
-    return {family: build_tiny_checkpoint(root / family, family) for family in ("base", "turbo")}
+    return tiny_acestep
 
 
 @pytest.fixture(scope="module")

@@ -184,12 +184,12 @@ def test_strict_latents_decode_without_a_splice(tmp_path: Path) -> None:
     assert torch.equal(latents[:, keep], through_audio[:, keep])
 
 
-def test_real_model_repaint_keeps_the_source_outside_in_latents_and_audio(tmp_path: Path) -> None:
-    pytest.importorskip("diffusers", reason="the acestep extra is not installed")
+def test_real_model_repaint_keeps_the_source_outside_in_latents_and_audio(
+    tmp_path: Path, tiny_acestep: dict[str, Path]
+) -> None:
     from prefect_acestep.stages.backends.acestep import AceStepBackend
-    from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint
 
-    model = AceStepBackend(str(build_tiny_checkpoint(tmp_path / "tiny", "turbo")))
+    model = AceStepBackend(str(tiny_acestep["turbo"]))
     store = LatentStore(tmp_path / "latents")
     shared = dict(backend="acestep", variant="turbo")
     source_id = run_stage(StageParams(caption="piano", duration=6.0, seed=1, **shared), store, backend=model)[0].latent_id

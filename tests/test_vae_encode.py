@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("diffusers", reason="the acestep extra is not installed: pip install 'prefect-acestep[acestep]'")
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
-from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend  # noqa: E402
 from prefect_acestep.stages.errors import InvalidStageRequest  # noqa: E402
 from prefect_acestep.stages.params import StageParams  # noqa: E402
@@ -23,8 +22,8 @@ from prefect_acestep.stages.store import LatentStore  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_sampled_encode_replays_and_resumes_exactly(tmp_path: Path) -> None:
-    model = AceStepBackend(str(build_tiny_checkpoint(tmp_path / "tiny", "turbo")))
+def test_sampled_encode_replays_and_resumes_exactly(tmp_path: Path, tiny_acestep: dict[str, Path]) -> None:
+    model = AceStepBackend(str(tiny_acestep["turbo"]))
     store = LatentStore(tmp_path / "latents")
     shared = dict(backend="acestep", variant="turbo")
     source = run_stage(StageParams(caption="piano", duration=2.0, seed=1, **shared), store, backend=model)[0].latent_id

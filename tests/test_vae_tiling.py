@@ -21,7 +21,6 @@ pytest.importorskip("diffusers", reason="the acestep extra is not installed: pip
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
 from prefect_acestep.stages.backends.acestep import vae_tiling  # noqa: E402
-from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.acestep.vae_tiling import VaeTiling, windows  # noqa: E402
 from prefect_acestep.stages.errors import BackendLoadError  # noqa: E402
 from prefect_acestep.stages.geometry import HOP_LENGTH  # noqa: E402
@@ -37,8 +36,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiling") / "turbo", "turbo")
+def checkpoint(tiny_acestep: dict[str, Path]) -> Path:
+    return tiny_acestep["turbo"]
 
 
 @pytest.fixture(scope="module")
