@@ -40,7 +40,12 @@ def import_audio_latent(
         latents,
         stage_type=IMPORT_STAGE,
         backend=backend.identity,
-        params={"source": str(source), "audio_sha256": digest, "seconds": frames * HOP_LENGTH / SAMPLE_RATE},
+        params={
+            "source": str(source),
+            "audio_sha256": digest,
+            "seconds": frames * HOP_LENGTH / SAMPLE_RATE,
+            "vae_encode": "mean",  # the posterior mean: the same audio always imports to the same latent
+        },
         seeds=[],
         pinned=pin,
     )

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from typing_extensions import Self
 
 from prefect_acestep.stages.backends.protocol import ConditionSpec
+from prefect_acestep.stages.engine.repaint import DEFAULT_REPAINT_MODE, DEFAULT_REPAINT_STRENGTH, RepaintMode
 from prefect_acestep.stages.engine.variants import VARIANTS, InferMethod, SchedulerMode
 from prefect_acestep.stages.geometry import MAX_DURATION_S
 from prefect_acestep.stages.vocabulary import (
@@ -26,6 +27,9 @@ from prefect_acestep.stages.vocabulary import (
     TrackName,
     refusal,
 )
+
+VaeEncode = Literal["mean", "sample"]
+"""How an audio task's source becomes latents: the posterior mean, or a seeded posterior sample."""
 
 VOCAL_LANGUAGES: tuple[str, ...] = (
     "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en",
@@ -221,6 +225,28 @@ class StageFields(RunSettings, Conditioning):
         title="Cover strength",
         description="Cover: the first int(steps * strength) steps are conditioned on the source's VQ codes.",
     )
+    repaint_mode: RepaintMode = Field(
+        DEFAULT_REPAINT_MODE,
+        title="Repaint seams",
+        description="How repaint/lego join the window to the source. balanced (upstream's default): the source "
+        "is held for the first 1 - strength of the steps, then the window's edges are blended back into it over "
+        "a few frames and its waveform spliced back with a short crossfade; conservative: held every step, the "
+        "widest blend; aggressive: no holding, blend or splice; strict: exactly the source outside the window, "
+        "hard edges.",
+    )
+    repaint_strength: float = Field(
+        DEFAULT_REPAINT_STRENGTH,
+        ge=0.0,
+        le=1.0,
+        title="Repaint strength",
+        description="balanced seams only: 0 keeps the most of the source around the window, 1 is pure diffusion.",
+    )
+    vae_encode: VaeEncode = Field(
+        "mean",
+        title="VAE encode",
+        description="How an audio task's source becomes latents: mean (the posterior mean: deterministic) or "
+        "sample (a posterior sample as upstream draws it, seeded from the stage seed so a replay repeats it).",
+    )
     src_audio_id: LatentIdField = Field(
         None, title="Source audio", description="Latent ID of imported audio to use as the source."
     )
@@ -232,7 +258,7 @@ class StageFields(RunSettings, Conditioning):
         description="Batch item of the source latent to use (0 = first).",
     )
     inference_steps: int | None = Field(
-        None, ge=1, le=200, title="Steps", description="Diffusion steps N; None = the variant's default (30 or 8)."
+        None, ge=1, le=200, title="Steps", description="Diffusion steps N; None = the variant's default (base 32, sft 50, turbo 8)."
     )
     shift: float | None = Field(
         None, ge=1.0, le=5.0, title="Shift", description="Timestep shift; None = the variant's default."

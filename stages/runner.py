@@ -28,8 +28,10 @@ from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.engine.context import output_frames
 from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, StepInfo, run_loop
+from prefect_acestep.stages.engine.repaint import RepaintSeams
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest
 from prefect_acestep.stages.geometry import FRAME_RATE
+from prefect_acestep.stages.latent_audio import latent_audio, stage_window
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import resolve_source
@@ -41,6 +43,8 @@ from prefect_acestep.stages.vocabulary import IMPORT_STAGE, STAGES
 
 DEFAULT_DURATION_S = 30.0
 """Length of a run from noise when neither the request nor a source gives one."""
+_ENCODE_NOISE_SALT = 0x0E4C_0DE5_A4B1_0001
+"""Seeds a ``sample`` VAE encode apart from the diffusion's own noise streams."""
 MOMENTUM_KEY = "momentum"
 GENERATOR_STATES_KEY = "generator_states"
 
@@ -97,7 +101,7 @@ def run_stage(
     clock = time.perf_counter()
     base_seed = draw_base_seed(params.seed)
     seeds = item_seeds(base_seed, params.batch_size)
-    request = _loop_request(params, store, model, source, seeds, on_step)
+    request = _loop_request(params, store, model, source, base_seed, on_step)
     timings["prepare"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -179,15 +183,24 @@ def _load_source(params: StageParams, store: LatentStore, model: Backend, source
         extras = {name: tensor[index : index + 1] for name, tensor in store.get_extras(source_id).items()}
         return _Source(mode="resume", record=record, latent=latent, extras=extras, sample_index=index)
     mode: Mode = "audio" if STAGES[params.stage_type].reads_audio else "init"
-    return _Source(mode=mode, record=record, latent=latent)
+    return _Source(mode=mode, record=record, latent=latent, sample_index=index)
 
 
-def _audio_source(model: Backend, record: LatentRecord, latent: torch.Tensor) -> torch.Tensor:
+def _audio_source(
+    store: LatentStore, model: Backend, record: LatentRecord, latent: torch.Tensor, sample_index: int,
+    params: StageParams, base_seed: int,
+) -> torch.Tensor:
     """An audio task's source latents: imported audio is already encoded; any other latent goes
-    through audio (decode, encode) so that cover keeps the VQ path exactly as for uploaded audio."""
+    through its audio (decode, encode) so that cover keeps the VQ path exactly as for uploaded audio.
+    A ``sample`` encode draws from the stage's base seed, so the run that made a checkpoint and its
+    resume encode alike."""
     if record.stage_type == IMPORT_STAGE:
         return latent
-    return model.vae_encode(model.vae_decode(latent.to(model.device))).to(torch.float32)
+    audio = latent_audio(store, model, record, latent, [sample_index])
+    if params.vae_encode == "mean":
+        return model.vae_encode(audio).to(torch.float32)
+    generator = torch.Generator().manual_seed(base_seed ^ _ENCODE_NOISE_SALT)
+    return model.vae_encode(audio, generator).to(torch.float32)
 
 
 def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRecord) -> torch.Tensor | None:
@@ -198,9 +211,10 @@ def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRe
         raise IncompatibleLatent(checkpoint.id, "source of the checkpointed audio task", "a parent latent", "none")
     parent_id = checkpoint.parent_ids[0]
     parent = store.record(parent_id)
-    index = StageParams.model_validate(checkpoint.params).resume_sample_index
+    made_with = StageParams.model_validate(checkpoint.params)
+    index = made_with.resume_sample_index
     latent = as_float32(parent_id, store.get(parent_id))[index : index + 1]
-    return _audio_source(model, parent, latent)
+    return _audio_source(store, model, parent, latent, index, made_with, made_with.seed)
 
 
 def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None) -> int:
@@ -210,19 +224,11 @@ def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | No
     base = source.latent if task_source is None else task_source
     frames = base.shape[1]
     if STAGES[params.stage_type].window != "none":
-        return output_frames(params.task, frames, _window(params, frames))
+        return output_frames(params.task, frames, stage_window(params, frames))
     if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
         assert source.record is not None
         raise IncompatibleLatent(source.record.id, "duration (frames at 25 Hz)", params.duration * FRAME_RATE, frames)
     return frames
-
-
-def _window(params: StageParams, source_frames: int) -> tuple[float, float] | None:
-    """The window ``[start, end)`` seconds of a stage that takes one; the end defaults to the source's."""
-    if STAGES[params.stage_type].window == "none":
-        return None
-    end = params.repainting_end if params.repainting_end is not None else source_frames / FRAME_RATE
-    return (params.repainting_start, end)
 
 
 def _loop_request(
@@ -230,9 +236,10 @@ def _loop_request(
     store: LatentStore,
     model: Backend,
     source: _Source,
-    seeds: list[int],
+    base_seed: int,
     on_step: Callable[[StepInfo], None] | None,
 ) -> LoopRequest:
+    seeds = item_seeds(base_seed, params.batch_size)
     init: torch.Tensor | None = None
     task_source: torch.Tensor | None = None
     resume: LoopState | None = None
@@ -240,7 +247,7 @@ def _loop_request(
         init = source.latent
     elif source.mode == "audio":
         assert source.record is not None and source.latent is not None
-        task_source = _audio_source(model, source.record, source.latent)
+        task_source = _audio_source(store, model, source.record, source.latent, source.sample_index, params, base_seed)
     elif source.mode == "resume":
         assert source.record is not None
         task_source = _resume_task_source(store, model, source.record)
@@ -267,7 +274,8 @@ def _loop_request(
         t_start=params.t_start,
         source=task_source,
         cover_strength=params.audio_cover_strength if STAGES[params.stage_type].context == "codes" else 1.0,
-        repaint_window=_window(params, window_frames),
+        repaint_window=stage_window(params, window_frames),
+        repaint=RepaintSeams(params.repaint_mode, params.repaint_strength),
         checkpoint_steps=_pending_checkpoints(params, source),
         resume=resume,
         on_step=on_step,

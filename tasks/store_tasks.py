@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.registry import load_backend
-from prefect_acestep.stages.decode import decode_latent
+from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
@@ -32,10 +32,14 @@ def decode_task(
     out_dir: str,
     sample_indices: list[int] | None = None,
     stem: str | None = None,
+    normalize_dbfs: float | None = DEFAULT_NORMALIZE_DBFS,
 ) -> list[str]:
-    """Decode a stored latent's samples to WAV files in ``out_dir``; returns their paths."""
+    """Decode a stored latent's samples to WAV files in ``out_dir``; returns their paths. Each
+    sample is peak-normalised to ``normalize_dbfs`` (upstream's -1 dBFS; None: off)."""
     with backend_slot(configured_limit()):
-        paths = decode_latent(store.get_store(), latent_id, out_dir, sample_indices=sample_indices, stem=stem)
+        paths = decode_latent(
+            store.get_store(), latent_id, out_dir, sample_indices=sample_indices, stem=stem, normalize_dbfs=normalize_dbfs
+        )
     return [str(path) for path in paths]
 
 

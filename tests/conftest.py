@@ -92,3 +92,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_acestep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random ACE-Step checkpoints of base and turbo (one VAE) in the diffusers layout, built
+    once for the session; tests that change files copy them first."""
+    pytest.importorskip("diffusers", reason="the acestep extra is not installed: pip install 'prefect-acestep[acestep]'")
+    from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("acestep-tiny")
+    return {family: build_tiny_checkpoint(root / family, family) for family in ("base", "turbo")}

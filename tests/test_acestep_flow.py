@@ -29,7 +29,7 @@ def test_every_stage_type_runs_through_the_pipeline_flow(tmp_path, monkeypatch):
             "duration": 1.0,
             "stages": [
                 {"stage_type": "generate", "seed": 1, "checkpoint_steps": [1], **common},
-                {"stage_type": "refine", "src_stage": 0, "denoise": 0.6, "seed": 2, **common},
+                {"stage_type": "refine", "src_stage": 0, "denoise": 0.8, "seed": 2, **common},  # shift 3: [1, 0.75, 0]
                 {"stage_type": "cover", "src_stage": 1, "audio_cover_strength": 0.5, "seed": 3, **common},
                 {"stage_type": "repaint", "src_stage": 2, "repainting_start": 0.2, "repainting_end": 0.6,
                  "seed": 4, **common},

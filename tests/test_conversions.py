@@ -19,6 +19,7 @@ from prefect_acestep.stages.conversions import (
     simple_to_custom,
     stage_to_custom,
 )
+from prefect_acestep.stages.engine.repaint import REPAINT_MODES
 from prefect_acestep.stages.engine.variants import VARIANTS
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
 from prefect_acestep.stages.geometry import MAX_DURATION_S
@@ -102,6 +103,9 @@ def custom_requests(draw) -> GenerateRequest:
         repainting_start=repainting_start,
         repainting_end=draw(maybe(st.floats(repainting_start, MAX_DURATION_S, exclude_min=True, **finite))),
         audio_cover_strength=draw(st.floats(0.0, 1.0, **finite)),
+        repaint_mode=draw(st.sampled_from(REPAINT_MODES)),
+        repaint_strength=draw(st.floats(0.0, 1.0, **finite)),
+        vae_encode=draw(st.sampled_from(["mean", "sample"])),
         src_audio_id=src_audio_id,
         resume_sample_index=draw(st.integers(0, 3)),
         inference_steps=inference_steps,

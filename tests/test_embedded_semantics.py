@@ -14,9 +14,13 @@ from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.backends.embedded.harmony import parse_keyscale
 from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.engine.repaint import RepaintSeams
 from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 import audio_analysis as aa
+
+STRICT = RepaintSeams("strict")
+"""The source exactly outside the window: what these tests measure the window against."""
 
 SECONDS = 8.0
 FRAMES = int(SECONDS * 25)
@@ -95,7 +99,7 @@ def test_refine_strays_further_from_its_input_the_more_it_denoises(turbo: Embedd
 
 def test_repaint_regenerates_only_the_window(turbo: EmbeddedBackend) -> None:
     source = _run(turbo, _spec(), seeds=[11])
-    out = _run(turbo, _spec(task="repaint"), seeds=[5], source=source, repaint_window=(2.0, 4.0))
+    out = _run(turbo, _spec(task="repaint"), seeds=[5], source=source, repaint_window=(2.0, 4.0), repaint=STRICT)
     before, after = turbo.vae_decode(source)[0], turbo.vae_decode(out)[0]
     edge = 0.04  # one latent frame: a frame's sound fades into its neighbours'
     assert (after[:, : _sample(2.0 - edge)] - before[:, : _sample(2.0 - edge)]).abs().max() < 1e-6
@@ -152,7 +156,8 @@ def test_extract_keeps_one_track(base: EmbeddedBackend, band: torch.Tensor) -> N
 
 def test_lego_adds_a_bass_line_that_follows_the_source(base: EmbeddedBackend, turbo: EmbeddedBackend) -> None:
     source = _run(turbo, _spec(caption="piano and drums"), seeds=[12])
-    out = _run(base, _spec(task="lego", track_names=("bass",)), seeds=[4], source=source, repaint_window=(2.0, 6.0))
+    out = _run(base, _spec(task="lego", track_names=("bass",)), seeds=[4], source=source, repaint_window=(2.0, 6.0),
+               repaint=STRICT)
     before, after = base.vae_decode(source)[0], base.vae_decode(out)[0]
     added = after - before
     edge = _sample(0.04)

@@ -153,7 +153,7 @@ def test_cfg_calls_both_branches_only_for_guided_variants():
 def test_cfg_only_inside_the_interval():
     backend = GaussianBackend(variant="base")
     result = run_loop(backend, request(variant="base", steps=10, guidance_scale=3.0, cfg_interval=(0.35, 0.75)))
-    levels = shifted_linear(10, 1.0)[:-1]
+    levels = shifted_linear(10, 3.0)[:-1]  # base: shift 3 by default
     guided = [t for t in levels if 0.35 <= t <= 0.75]
     assert [c.t for c in backend.calls if c.null] == pytest.approx(guided)
     assert result.model_calls == 10 + len(guided)

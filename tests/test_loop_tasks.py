@@ -12,11 +12,14 @@ from gaussian_backend import Call, GaussianBackend
 from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.context import output_frames, window_geometry
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
+from prefect_acestep.stages.engine.repaint import RepaintSeams
 from prefect_acestep.stages.errors import InvalidStageRequest
 
 CAPTION = dict(caption="bright synth pop", bpm=120, keyscale="A minor")
 COVER = ConditionSpec(task="cover", **CAPTION)
 REPAINT = ConditionSpec(task="repaint", **CAPTION)
+STRICT = RepaintSeams("strict")
+"""Exact source outside the window (tests/test_repaint_seams.py covers upstream's default seams)."""
 LEGO = ConditionSpec(task="lego", track_names=("bass",), **CAPTION)
 
 
@@ -87,7 +90,7 @@ def test_cover_with_cfg_uses_the_null_of_each_regime():
 def test_repaint_keeps_the_source_outside_the_window_exactly():
     backend = GaussianBackend()
     src = source()
-    result = run_loop(backend, request(REPAINT, source=src, repaint_window=(1.0, 2.0), checkpoint_steps=(2, 5)))
+    result = run_loop(backend, request(REPAINT, source=src, repaint_window=(1.0, 2.0), checkpoint_steps=(2, 5), repaint=STRICT))
     inside = slice(25, 50)
     outside = torch.ones(100, dtype=torch.bool)
     outside[inside] = False
@@ -113,7 +116,7 @@ def test_repaint_is_reproducible_and_seed_dependent_inside():
 def test_lego_keeps_the_full_source_as_context():
     backend = GaussianBackend(variant="base")
     src = source()
-    result = run_loop(backend, request(LEGO, variant="base", steps=6, source=src, repaint_window=(0.0, 2.0)))
+    result = run_loop(backend, request(LEGO, variant="base", steps=6, source=src, repaint_window=(0.0, 2.0), repaint=STRICT))
     ctx = backend.calls[0].context
     assert torch.equal(ctx.src, src)
     assert torch.equal(ctx.mask[0, :50], torch.ones(50)) and torch.equal(ctx.mask[0, 50:], torch.zeros(50))
@@ -127,11 +130,11 @@ def test_outpainting_left_and_right():
     src = source(50)
     geo = window_geometry(50, (-1.0, 1.0))
     assert (geo.pad_left, geo.pad_right, geo.start, geo.end, geo.frames) == (25, 0, 0, 50, 75)
-    left = run_loop(GaussianBackend(), request(REPAINT, source=src, frames=75, repaint_window=(-1.0, 1.0))).x0
+    left = run_loop(GaussianBackend(), request(REPAINT, source=src, frames=75, repaint_window=(-1.0, 1.0), repaint=STRICT)).x0
     assert torch.equal(left[:, 50:], src[:, 25:])
     assert output_frames("repaint", 50, (1.5, 3.0)) == 75
     backend = GaussianBackend()
-    right = run_loop(backend, request(REPAINT, source=src, frames=75, repaint_window=(1.5, 3.0))).x0
+    right = run_loop(backend, request(REPAINT, source=src, frames=75, repaint_window=(1.5, 3.0), repaint=STRICT)).x0
     assert torch.equal(right[:, :37], src[:, :37])
     ctx = backend.calls[0].context
     assert torch.equal(ctx.mask[0, 37:], torch.ones(38)) and ctx.src.shape == (1, 75, 64)
@@ -160,7 +163,7 @@ def test_extract_and_complete_take_the_whole_source(task):
 
 def test_source_batch_one_is_shared_by_the_batch():
     src = source()
-    out = run_loop(GaussianBackend(), request(REPAINT, seeds=[1, 2, 3], source=src, repaint_window=(0.0, 1.0))).x0
+    out = run_loop(GaussianBackend(), request(REPAINT, seeds=[1, 2, 3], source=src, repaint_window=(0.0, 1.0), repaint=STRICT)).x0
     assert all(torch.equal(out[i, 25:], src[0, 25:]) for i in range(3))
 
 

@@ -127,7 +127,7 @@ def test_negative_checkpoint_step():
 
 @pytest.mark.parametrize(
     ("variant", "steps", "last_valid"),
-    [("turbo", None, 7), ("turbo-shift3", None, 7), ("base", None, 29), ("sft", None, 29), ("turbo", 20, 19)],
+    [("turbo", None, 7), ("turbo-shift3", None, 7), ("base", None, 31), ("sft", None, 49), ("turbo", 20, 19)],
 )
 def test_checkpoint_step_must_be_below_the_inference_steps(variant, steps, last_valid):
     params = StageParams(variant=variant, inference_steps=steps, checkpoint_steps=[last_valid])

@@ -59,7 +59,9 @@ def test_twenty_valid_turbo_timesteps():
 
 def test_variant_table():
     assert set(VARIANTS) == {"base", "sft", "turbo", "turbo-shift1", "turbo-shift3", "turbo-continuous"}
-    assert [VARIANTS[n].default_steps for n in ("base", "sft")] == [30, 30]
+    # What upstream's UI sets for base and sft (acestep/ui/gradio/events/generation/model_config.py):
+    # 32 and 50 steps, shift 3 (also its API server's shift default).
+    assert [(VARIANTS[n].default_steps, VARIANTS[n].default_shift) for n in ("base", "sft")] == [(32, 3.0), (50, 3.0)]
     assert all(VARIANTS[n].default_steps == 8 and not VARIANTS[n].uses_cfg for n in VARIANTS if n.startswith("turbo"))
     assert VARIANTS["base"].uses_cfg and VARIANTS["sft"].uses_cfg
     assert set(tasks_of("turbo")) == set(tasks_of("sft")) == {"text2music", "repaint", "cover"}
@@ -73,8 +75,10 @@ def test_defaults_per_variant_and_the_handler_shift_trap():
     assert (turbo.mode, turbo.shift, turbo.steps) == ("discrete", 3.0, 8)  # not the handler's 1.0
     assert turbo.values == tuple(turbo_table(3.0))
     base = resolve_schedule(VARIANTS["base"])
-    assert (base.mode, base.shift, base.steps) == ("linear", 1.0, 30)
-    assert base.values == tuple(shifted_linear(30, 1.0))
+    assert (base.mode, base.shift, base.steps) == ("linear", 3.0, 32)
+    assert base.values == tuple(shifted_linear(32, 3.0))
+    sft = resolve_schedule(VARIANTS["sft"])
+    assert (sft.mode, sft.shift, sft.steps) == ("linear", 3.0, 50)
     assert resolve_schedule(VARIANTS["turbo-shift1"]).values == tuple(turbo_table(1.0))
     assert resolve_schedule(VARIANTS["turbo-shift3"]).values == tuple(turbo_table(3.0))
     cont = resolve_schedule(VARIANTS["turbo-continuous"])

@@ -19,7 +19,7 @@ from prefect_acestep.flows.cli.demo import run_demo
 from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
 from prefect_acestep.stages.conversions import custom_to_stage, restore
-from prefect_acestep.stages.decode import decode_latent
+from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
 from prefect_acestep.stages.results import StageResult
 
@@ -128,6 +128,7 @@ def decode(
     latent_id: str,
     output: Annotated[Path, typer.Option("-o", "--output", help="Audio file (its suffix picks the format).")],
     sample: Annotated[list[int] | None, typer.Option(help="Sample index to decode (repeatable; default all).")] = None,
+    normalize: Annotated[bool, typer.Option(help="Peak-normalise each sample to -1 dBFS, as upstream does.")] = True,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -136,7 +137,7 @@ def decode(
         latents_store = latents.named_store(store)
         paths = decode_latent(
             latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
-            stem=output.stem,
+            stem=output.stem, normalize_dbfs=DEFAULT_NORMALIZE_DBFS if normalize else None,
         )  # fmt: skip
         if len(paths) == 1 and output.suffix:
             paths = [paths[0].replace(output)]

@@ -3,7 +3,7 @@
 Everything the rest of the project calls is re-exported here; the submodules each do one job.
 """
 
-from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from prefect_acestep.stages.audio.convert import clamp, peak_guard, peak_normalize, resample, to_stereo
 from prefect_acestep.stages.audio.fetch import (
     DEFAULT_MAX_BYTES,
     DEFAULT_TIMEOUT_S,
@@ -24,6 +24,7 @@ __all__ = [
     "import_audio",
     "load_audio",
     "peak_guard",
+    "peak_normalize",
     "read_audio_metadata",
     "resample",
     "to_stereo",

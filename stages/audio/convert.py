@@ -63,3 +63,14 @@ def peak_guard(audio: torch.Tensor) -> torch.Tensor:
         return audio
     peak = audio.abs().amax(dim=(-2, -1), keepdim=True)
     return audio / peak.clamp(min=1.0)
+
+
+def peak_normalize(audio: torch.Tensor, target_dbfs: float) -> torch.Tensor:
+    """Scale ``[C, S]`` audio so that its peak is ``target_dbfs`` (upstream's optional output
+    normalisation, -1 dBFS by default there); near-silence (peak < 1e-6) is left as it is."""
+    if target_dbfs > 0:
+        raise ValueError(f"normalize_dbfs: a peak level must be <= 0 dBFS, got {target_dbfs}")
+    peak = float(audio.abs().max())
+    if peak < 1e-6:
+        return audio
+    return audio * (10.0 ** (target_dbfs / 20.0) / peak)

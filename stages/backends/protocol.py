@@ -68,8 +68,10 @@ class Backend(Protocol):
     def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """Standard normal noise of ``shape`` drawn from ``generator`` (reproducible)."""
 
-    def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio ``[B, 2, S]`` -> latents ``[B, S // 1920, 64]``; deterministic (mean/mode)."""
+    def vae_encode(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Audio ``[B, 2, S]`` -> latents ``[B, S // 1920, 64]``: the posterior mean (deterministic),
+        or with ``generator`` a posterior sample drawn from it; a backend without a posterior
+        refuses a generator (``InvalidStageRequest``)."""
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``[B, T, 64]`` -> audio ``[B, 2, T * 1920]``."""

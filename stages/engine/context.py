@@ -80,7 +80,8 @@ class TaskContext:
 
     ``first`` is used for absolute steps ``< switch_step`` and ``after`` from there on (cover only;
     otherwise ``switch_step`` is ``None`` and ``after`` is ``None``). ``keep`` and ``keep_source``
-    are set for repaint/lego: where ``keep`` is True the output is the source, exactly.
+    are set for repaint/lego: where ``keep`` is True the loop holds the source, for as many steps
+    as the run's ``RepaintSeams`` say (``engine.repaint``).
     """
 
     first: Conditioning

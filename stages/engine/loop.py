@@ -19,6 +19,9 @@ that differs (other shift, steps, scheduler or variant) is continued from the ch
 noise level, inserting that level when the new schedule lacks it (see ``schedules.place_level``),
 and the run's full schedule is recorded as such.
 
+Repaint and lego hold the source outside their window for the steps ``request.repaint`` says and
+blend the result back into it at the end (``engine.repaint``: upstream's seams by default).
+
 The unconditional branch is only evaluated inside the cfg interval (outside it upstream computes
 and discards it). ``backend.reset_cache()`` is called before the first model call of every run and
 at the cover switch.
@@ -36,6 +39,7 @@ import torch
 from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
 from prefect_acestep.stages.engine.context import build_task_context
 from prefect_acestep.stages.engine.guidance import adg, apg
+from prefect_acestep.stages.engine.repaint import RepaintSeams, blend_edges
 from prefect_acestep.stages.engine.schedules import Schedule, place_level, resolve_schedule, start_index
 from prefect_acestep.stages.engine.variants import InferMethod, SchedulerMode, Variant, get_variant
 from prefect_acestep.stages.errors import DiffusionError, InvalidStageRequest
@@ -100,6 +104,8 @@ class LoopRequest:
     source: torch.Tensor | None = None
     cover_strength: float = 1.0
     repaint_window: tuple[float, float] | None = None
+    repaint: RepaintSeams = RepaintSeams()
+    """How repaint/lego join the window to the source (upstream's balanced seams by default)."""
     checkpoint_steps: tuple[int, ...] = ()
     resume: LoopState | None = None
     on_step: Callable[[StepInfo], None] | None = None
@@ -166,7 +172,8 @@ def run_loop(backend: Backend, request: LoopRequest) -> LoopResult:
         guided=guided,
     )
     keep, keep_source, keep_noise = ctx.keep, ctx.keep_source, None
-    if keep is not None:
+    inject_until = req.repaint.injection_steps(n) if keep is not None else 0
+    if keep is not None and start < inject_until:
         salted = [torch.Generator(device=device).manual_seed(s ^ _KEEP_NOISE_SALT) for s in req.seeds]
         keep_noise = _draw(backend, salted, shape)
         x = torch.where(keep, values[start] * keep_noise + (1.0 - values[start]) * keep_source, x)
@@ -211,12 +218,18 @@ def run_loop(backend: Backend, request: LoopRequest) -> LoopResult:
             x = torch.add(torch.add(x, v, alpha=-t) * (1.0 - t_next), _draw(backend, gens, shape), alpha=t_next)
         else:  # Euler
             x = torch.add(x, v, alpha=-(t - t_next))
-        if keep is not None:
-            kept = keep_source if i == n - 1 else t_next * keep_noise + (1.0 - t_next) * keep_source
-            x = torch.where(keep, kept, x)
+        if keep_noise is not None:
+            # Upstream re-injects after each update before its cutoff but never after the last
+            # one; strict ends on the source itself.
+            if i < min(inject_until, n - 1):
+                x = torch.where(keep, t_next * keep_noise + (1.0 - t_next) * keep_source, x)
+            elif i == n - 1 and req.repaint.strict:
+                x = torch.where(keep, keep_source, x)
         if req.on_step is not None:
             req.on_step(StepInfo(step=i, total_steps=n, t=t, model_calls=calls))
 
+    if keep is not None and req.repaint.blend_frames > 0:
+        x = blend_edges(x, keep_source, ~keep[..., 0], req.repaint.blend_frames)
     _check_output(x)
     return LoopResult(
         x0=x,

@@ -50,8 +50,10 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("base", 30, "linear", 1.0, None, "reject"),
-        Variant("sft", 30, "linear", 1.0, None, "as_given"),
+        # base and sft: the steps and shift upstream's UI sets for them (32 and 50 steps, shift 3;
+        # its API server's shift default is 3 too).
+        Variant("base", 32, "linear", 3.0, None, "reject"),
+        Variant("sft", 50, "linear", 3.0, None, "as_given"),
         Variant("turbo", 8, "discrete", 3.0, None, "map_turbo"),
         Variant("turbo-shift1", 8, "linear", 1.0, None, "as_given"),
         Variant("turbo-shift3", 8, "linear", 3.0, 3.0, "as_given"),

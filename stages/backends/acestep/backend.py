@@ -11,27 +11,19 @@ returned tensors in place (repaint fills), which inference tensors forbid.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from prefect_acestep.stages.backends.acestep import conditioning as cnd
-from prefect_acestep.stages.backends.acestep.digest import directory_digest, file_digest
-from prefect_acestep.stages.backends.acestep.loading import (
-    MODULES,
-    ROOT_SILENCE,
-    VQ_PARTS,
-    Components,
-    check_layout,
-    load_components,
-    read_transformer_config,
-    require_extra,
-    resolve_dtype,
-)
-from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
+from prefect_acestep.stages.backends.acestep import vae_tiling
+from prefect_acestep.stages.backends.acestep.identity import checkpoint_identity, identity_of
+from prefect_acestep.stages.backends.acestep.layout import VQ_PARTS, resolve_layout
+from prefect_acestep.stages.backends.acestep.loading import Components, load_components, require_extra, resolve_dtype
+from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task
+from prefect_acestep.stages.backends.acestep.vae_tiling import VaeTiling
 from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
@@ -39,17 +31,18 @@ from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_D
 
 CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
 DEVICE_ENV = "ACESTEP_DEVICE"
-NAME = "acestep"
-LATENT_SPACE = "acestep-v15"
 _PAD_NOISE_SEED = 0x0AC3_57E9_0128
 """Seeds the fixed noise of the min-length tail (see conditioning.pad_to_min_frames)."""
 
 
 class AceStepBackend:
-    """ACE-Step 1.5 (base, sft or turbo) from a local diffusers-layout checkpoint directory.
+    """ACE-Step 1.5 (base, sft or turbo) from a local checkpoint: the official ``checkpoints/``
+    folder as downloaded, or a diffusers-layout folder.
 
-    ``variant`` defaults to the checkpoint config's own; naming one is needed only for the turbo
-    sampling flavours (turbo-shift1/-shift3/-continuous), which share the turbo config.
+    ``variant`` picks the DiT folder of an official folder and defaults to the checkpoint's own
+    (required when an official folder holds several); in the diffusers layout it is needed only
+    for the turbo sampling flavours (turbo-shift1/-shift3/-continuous), which share the turbo
+    config. ``vae_tiling`` sets the VAE's tile geometry (default: upstream's, see ``vae_tiling``).
     """
 
     def __init__(
@@ -58,6 +51,7 @@ class AceStepBackend:
         variant: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        vae_tiling: VaeTiling | None = None,
     ) -> None:
         """``checkpoint_dir`` and ``device`` default to ``ACESTEP_CHECKPOINT_DIR`` and ``ACESTEP_DEVICE``
         (else cuda when available, else cpu): stages name only the backend and variant, so a worker's
@@ -73,9 +67,11 @@ class AceStepBackend:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
         self.dtype = resolve_dtype(self.device, dtype)
-        has_vq = check_layout(root)
-        self.identity = _checkpoint_identity(root, variant)
-        self._parts = load_components(root, has_vq, self.device, self.dtype)
+        self.tiling = VaeTiling() if vae_tiling is None else vae_tiling
+        self.layout = resolve_layout(root, variant)
+        resolved = checkpoint_identity(self.layout)
+        self.identity: BackendIdentity = resolved.identity
+        self._parts = load_components(self.layout, resolved.parts, self.device, self.dtype)
         generator = torch.Generator().manual_seed(_PAD_NOISE_SEED)
         self._pad_noise = torch.randn(cnd.MIN_FRAMES, LATENT_DIM, generator=generator).to(self.device, self.dtype)
 
@@ -86,15 +82,14 @@ class AceStepBackend:
         variant: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        vae_tiling: VaeTiling | None = None,
     ) -> BackendIdentity:
         """The identity a backend built with these options has, read from the checkpoint directory's
-        files (layout, transformer config, part digests) without importing diffusers or loading a
-        module: a cache lookup needs it, and on a fresh worker loading the model costs gigabytes.
-        ``device`` and ``dtype`` are the constructor's options too; they do not enter the identity."""
-        del device, dtype
-        root = _checkpoint_root(checkpoint_dir)
-        check_layout(root)
-        return _checkpoint_identity(root, variant)
+        files (layout, configs, sampled weights) without importing diffusers or loading a module: a
+        cache lookup needs it, and on a fresh worker loading the model costs gigabytes. ``device``,
+        ``dtype`` and ``vae_tiling`` are the constructor's options too; they do not enter the identity."""
+        del device, dtype, vae_tiling
+        return identity_of(_checkpoint_root(checkpoint_dir), variant)
 
     @property
     def components(self) -> Components:
@@ -151,20 +146,20 @@ class AceStepBackend:
         return drawn.to(self.device)
 
     @torch.no_grad()
-    def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
+    def vae_encode(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The posterior mean, or (``generator`` given) a posterior sample as upstream draws it."""
         if audio.dim() != 3 or audio.shape[1] != AUDIO_CHANNELS:
             raise InvalidStageRequest(f"audio: expected [B, {AUDIO_CHANNELS}, samples], got {tuple(audio.shape)}")
         frames = audio.shape[2] // HOP_LENGTH
         cnd.check_frames(frames, "audio frames")
         wave = audio[:, :, : frames * HOP_LENGTH].to(self.device, self.dtype)
-        latents = self._parts.vae.encode(wave).latent_dist.mode()  # the mean: deterministic
-        return latents.transpose(1, 2).float()
+        return vae_tiling.encode(self._parts.vae, wave, self.tiling, generator).transpose(1, 2).float()
 
     @torch.no_grad()
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         _check_latents(latents, "latents")
         z = latents.to(self.device, self.dtype).transpose(1, 2)
-        return self._parts.vae.decode(z).sample.float()
+        return vae_tiling.decode(self._parts.vae, z, self.tiling).float()
 
     @torch.no_grad()
     def tokenize(self, latents: torch.Tensor) -> torch.Tensor:
@@ -193,7 +188,7 @@ class AceStepBackend:
         if parts.audio_tokenizer is None:
             raise BackendLoadError(
                 f"this checkpoint has no {list(VQ_PARTS)} subfolders, so the cover bottleneck cannot run; "
-                "re-convert it with a diffusers converter that exports them"
+                "re-convert it with a diffusers converter that exports them, or use the official checkpoints/ folder"
             )
         return parts.audio_tokenizer, parts.audio_token_detokenizer
 
@@ -210,28 +205,3 @@ def _checkpoint_root(checkpoint_dir: str | None) -> Path:
         if checkpoint_dir == "":
             raise BackendLoadError(f"checkpoint_dir: not given and {CHECKPOINT_DIR_ENV} is not set")
     return Path(checkpoint_dir).expanduser()
-
-
-def _checkpoint_identity(root: Path, variant: str | None) -> BackendIdentity:
-    """Who the checkpoint at ``root`` (already ``check_layout``-ed) is, sampled as ``variant``."""
-    variant_name = resolve_variant(read_transformer_config(root), variant, str(root))
-    digests = _part_digests(root)
-    return BackendIdentity(
-        name=NAME,
-        variant=variant_name,
-        latent_space=f"{LATENT_SPACE}-vae-{digests['vae'][:16]}",
-        weights_digest=hashlib.sha256("".join(f"{k}:{v}\n" for k, v in digests.items()).encode()).hexdigest(),
-    )
-
-
-def _part_digests(root: Path) -> dict[str, str]:
-    """Digest per part that shapes outputs (modules, tokenizer, VQ pair, loose silence latent).
-
-    The latent space is named after the VAE's alone: base, sft and turbo ship one shared VAE, so
-    their latents interchange, while a checkpoint with another VAE (a tiny test one) never mixes in.
-    """
-    names = [name for name in (*MODULES, "tokenizer", *VQ_PARTS) if (root / name).is_dir()]
-    digests = {name: directory_digest(root / name) for name in names}
-    if (root / ROOT_SILENCE).is_file():
-        digests[ROOT_SILENCE] = file_digest(root / ROOT_SILENCE, ROOT_SILENCE)
-    return digests

@@ -1,35 +1,38 @@
-"""Loading an ACE-Step 1.5 checkpoint from a local diffusers-layout directory, and nothing else.
+"""Loading an ACE-Step 1.5 checkpoint from local files, in either layout, onto one device.
 
-The directory is what diffusers' ``scripts/convert_ace_step_to_diffusers.py`` writes (and what the
-``ACE-Step/*-diffusers`` repositories hold): one subfolder per module. Every load passes
-``local_files_only=True`` and a local path, so a run never reaches a model hub; a missing file is a
-``BackendLoadError`` naming the subfolder, not a download. diffusers and transformers are imported
-only here, inside functions, so the package imports (and the default install works) without them.
+``layout.resolve_layout`` says where each part is; here the DiT-side modules (DiT, condition
+encoder, VQ pair) are built from their diffusers configs and filled with the layout's tensors under
+their diffusers names (so the official release loads exactly as a diffusers conversion does), and
+the standard folders (VAE, text encoder, tokenizer) load with ``from_pretrained``. Every load is
+local (``local_files_only=True``), so a run never reaches a model hub; a missing file is a
+``BackendLoadError`` naming it, not a download. diffusers and transformers are imported only inside
+functions, so the package imports (and the default install works) without them.
+
+Parts several variants share (the VAE, the text encoder and its tokenizer) are loaded once per
+process per (part digest, device, dtype): a base and a turbo backend on one ``checkpoints/`` folder,
+or on two copies of it, hold one VAE and one text encoder in memory.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from prefect_acestep.stages.backends.acestep.layout import CheckpointLayout, silence_latent
+from prefect_acestep.stages.backends.acestep.official_layout import SILENCE_BUFFER, module_classes
 from prefect_acestep.stages.errors import BackendLoadError
 from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, MAX_FRAMES, SAMPLE_RATE, VQ_POOL
 
 EXTRA = "prefect-acestep[acestep]"
 
-MODULES = ("transformer", "condition_encoder", "vae", "text_encoder")
-"""Required subfolders with a config.json; ``tokenizer/`` is required too (it has no config.json)."""
-VQ_PARTS = ("audio_tokenizer", "audio_token_detokenizer")
-"""Optional as a pair: older conversions dropped them; without them cover cannot run."""
-ROOT_SILENCE = "silence_latent.pt"
-"""Where older conversions left the silence latent ([1, 64, T]) instead of baking it in."""
-
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_shared: dict[tuple[str, str, str, torch.dtype], Any] = {}
+_shared_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -71,116 +74,86 @@ def resolve_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def check_layout(root: Path) -> bool:
-    """Raise unless ``root`` holds the required subfolders; True if it also holds the VQ pair."""
-    if not root.is_dir():
-        raise BackendLoadError(f"checkpoint_dir: {root} is not a directory")
-    index = root / "model_index.json"
-    if index.is_file():
-        try:
-            pipeline = json.loads(index.read_text()).get("_class_name")
-        except (ValueError, AttributeError) as exc:
-            raise BackendLoadError(f"checkpoint_dir: {index} is not a JSON object ({exc})") from exc
-        if pipeline != "AceStepPipeline":
-            raise BackendLoadError(f"checkpoint_dir: {root} holds a {pipeline!r} pipeline, not AceStepPipeline")
-    missing = [name for name in MODULES if not (root / name / "config.json").is_file()]
-    if not (root / "tokenizer").is_dir():
-        missing.append("tokenizer")
-    if missing:
-        hint = ""
-        if (root / "model.safetensors").is_file() or any(root.glob("acestep-v15-*")):
-            hint = " (this looks like an upstream ACE-Step checkpoint: convert it with diffusers' "
-            hint += "scripts/convert_ace_step_to_diffusers.py first)"
-        raise BackendLoadError(
-            f"checkpoint_dir: {root} lacks {missing}; expected a diffusers-layout ACE-Step dir{hint}"
-        )
-    present = [(root / name / "config.json").is_file() for name in VQ_PARTS]
-    if any(present) and not all(present):
-        raise BackendLoadError(f"checkpoint_dir: {root} has only one of {list(VQ_PARTS)}; both or neither")
-    return all(present)
-
-
-def read_transformer_config(root: Path) -> dict[str, Any]:
-    """The DiT's config.json, read before any weights so a wrong variant fails fast."""
-    path = root / "transformer" / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BackendLoadError(f"checkpoint_dir: cannot read {path}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise BackendLoadError(f"checkpoint_dir: {path} is not a JSON object")
-    return config
-
-
-def load_components(root: Path, has_vq: bool, device: torch.device, dtype: torch.dtype) -> Components:
-    """Load every module from ``root`` (local files only), check the geometry, move to ``device``.
-
-    ``root`` must have passed ``check_layout`` (which says ``has_vq``) and ``require_extra``.
-    """
-    from diffusers import AceStepTransformer1DModel, AutoencoderOobleck
-    from diffusers.pipelines.ace_step import (
-        AceStepAudioTokenDetokenizer,
-        AceStepAudioTokenizer,
-        AceStepConditionEncoder,
-    )
+def load_components(
+    layout: CheckpointLayout, parts: dict[str, str], device: torch.device, dtype: torch.dtype
+) -> Components:
+    """Load every module of ``layout`` (``parts``: its identity's part digests), check the geometry."""
+    from diffusers import AutoencoderOobleck
     from transformers import AutoModel, AutoTokenizer
 
-    def load(sub: str, loader: Any, **kwargs: Any) -> Any:
-        try:
-            module = loader(str(root / sub), local_files_only=True, **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise BackendLoadError(f"checkpoint_dir: cannot load {sub}/ from {root}: {exc}") from exc
-        return module.to(device).eval() if hasattr(module, "eval") else module
+    silence = silence_latent(layout)
+    if silence.shape[0] < MAX_FRAMES:
+        raise BackendLoadError(f"checkpoint_dir: silence latent should be [>= {MAX_FRAMES}, 64], got {tuple(silence.shape)}")
+    modules = _dit_modules(layout, silence, device, dtype)
 
-    def diffusers_module(sub: str, cls: Any) -> Any:
-        return load(sub, cls.from_pretrained, torch_dtype=dtype)
+    def shared(part: str, folder: Any, loader: Callable[..., Any], **kwargs: Any) -> Any:
+        def load() -> Any:
+            try:
+                module = loader(str(folder), local_files_only=True, **kwargs)
+            except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+                raise BackendLoadError(f"checkpoint_dir: cannot load {part} from {folder}: {exc}") from exc
+            return module.to(device).eval() if hasattr(module, "eval") else module
 
-    condition_encoder = diffusers_module("condition_encoder", AceStepConditionEncoder)
-    parts = Components(
-        transformer=diffusers_module("transformer", AceStepTransformer1DModel),
-        condition_encoder=condition_encoder,
-        vae=diffusers_module("vae", AutoencoderOobleck),
-        text_encoder=load("text_encoder", AutoModel.from_pretrained, dtype=dtype),
-        tokenizer=load("tokenizer", AutoTokenizer.from_pretrained),
-        audio_tokenizer=diffusers_module("audio_tokenizer", AceStepAudioTokenizer) if has_vq else None,
-        audio_token_detokenizer=diffusers_module("audio_token_detokenizer", AceStepAudioTokenDetokenizer)
-        if has_vq
-        else None,
-        silence=_silence_latent(root, condition_encoder).to(device=device, dtype=dtype),
+        return _shared_part((part, parts[part], str(device), dtype), load)
+
+    components = Components(
+        transformer=modules["transformer"],
+        condition_encoder=modules["condition_encoder"],
+        vae=shared("vae", layout.vae_dir, AutoencoderOobleck.from_pretrained, torch_dtype=dtype),
+        text_encoder=shared("text_encoder", layout.text_encoder_dir, AutoModel.from_pretrained, dtype=dtype),
+        tokenizer=_shared_part(("tokenizer", parts["tokenizer"], "", torch.float32),
+                               lambda: AutoTokenizer.from_pretrained(str(layout.tokenizer_dir), local_files_only=True)),
+        audio_tokenizer=modules.get("audio_tokenizer"),
+        audio_token_detokenizer=modules.get("audio_token_detokenizer"),
+        silence=silence[:MAX_FRAMES].to(device=device, dtype=dtype),
     )
-    _check_geometry(root, parts)
-    return parts
+    _check_geometry(layout, components)
+    return components
 
 
-def _silence_latent(root: Path, condition_encoder: Any) -> torch.Tensor:
-    """``[MAX_FRAMES, 64]``: the baked buffer, else the root file older conversions left.
+def _shared_part(key: tuple[str, str, str, torch.dtype], load: Callable[[], Any]) -> Any:
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = load()
+        return _shared[key]
 
-    An all-zero buffer is the converter's placeholder, not silence: fed to the timbre encoder it
-    gives drone-like audio (diffusers' own note), so it is never used as if it were real.
+
+def _dit_modules(
+    layout: CheckpointLayout, silence: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """The DiT-side modules built from their configs and filled with the layout's tensors.
+
+    Weights are assigned, not copied into randomly initialised modules (accelerate's empty
+    init), and a tensor the module lacks, or a parameter the files lack, is an error naming it.
     """
-    baked = condition_encoder.silence_latent.detach()
-    if bool((baked != 0).any()):
-        latent = baked[0]
-    elif (root / ROOT_SILENCE).is_file():
-        raw = torch.load(root / ROOT_SILENCE, map_location="cpu", weights_only=True)
-        if raw.dim() != 3 or raw.shape[1] != LATENT_DIM:
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    state: dict[str, dict[str, torch.Tensor]] = {module: {} for module in layout.configs}
+    for source in layout.tensor_files:
+        for key, tensor in load_file(str(source.path)).items():
+            mapped = source.names(key)
+            if mapped is not None:
+                state[mapped[0]][mapped[1]] = tensor
+    # The encoder's silence buffer (baked in by diffusers' converter) is the effective silence latent.
+    state["condition_encoder"][SILENCE_BUFFER] = silence.unsqueeze(0)
+    classes = module_classes()
+    modules = {}
+    for module, config in layout.configs.items():
+        with init_empty_weights():
+            built = classes[module].from_config(config)
+        result = built.load_state_dict(state[module], strict=False, assign=True)
+        if result.missing_keys or result.unexpected_keys:
             raise BackendLoadError(
-                f"checkpoint_dir: {root / ROOT_SILENCE} should be [1, 64, T], got {tuple(raw.shape)}"
+                f"checkpoint_dir: {layout.root} does not fit {module}: missing {result.missing_keys}, "
+                f"unexpected {result.unexpected_keys}"
             )
-        latent = raw[0].transpose(0, 1)
-    else:
-        raise BackendLoadError(
-            f"checkpoint_dir: {root} has no silence latent (condition_encoder's buffer is the all-zero placeholder "
-            f"and there is no {ROOT_SILENCE}); re-convert the checkpoint with a current diffusers converter"
-        )
-    if latent.shape[0] < MAX_FRAMES or latent.shape[1] != LATENT_DIM:
-        raise BackendLoadError(
-            f"checkpoint_dir: silence latent should be [>= {MAX_FRAMES}, 64], got {tuple(latent.shape)}"
-        )
-    return latent[:MAX_FRAMES].contiguous()
+        # nn.Module.to: ModelMixin.to warns about fp32-kept modules these classes do not have.
+        modules[module] = torch.nn.Module.to(built, device=device, dtype=dtype).eval()
+    return modules
 
 
-def _check_geometry(root: Path, parts: Components) -> None:
+def _check_geometry(layout: CheckpointLayout, parts: Components) -> None:
     """The latent geometry every stage relies on: 64 channels, 25 Hz, 48 kHz, 1920-sample hop."""
     vae = parts.vae.config
     tr = parts.transformer.config
@@ -207,4 +180,4 @@ def _check_geometry(root: Path, parts: Components) -> None:
     wrong = {name: got for name, (got, want) in facts.items() if got != want}
     if wrong:
         expected = {name: want for name, (got, want) in facts.items() if name in wrong}
-        raise BackendLoadError(f"checkpoint_dir: {root} has the wrong geometry: got {wrong}, expected {expected}")
+        raise BackendLoadError(f"checkpoint_dir: {layout.root} has the wrong geometry: got {wrong}, expected {expected}")

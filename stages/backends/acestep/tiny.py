@@ -1,13 +1,15 @@
-"""A tiny random ACE-Step checkpoint directory, for tests and the CPU smoke run of the benchmark.
+"""A random ACE-Step checkpoint directory: tiny for tests, real-size for the GPU benchmark.
 
-Every module is the real diffusers/transformers class with hidden sizes of a few dozen, saved in
-the same layout a converted checkpoint has, so the tiny model goes through the very loader, digest
-and conditioning code the real one does. Only the latent geometry is full size: ``[B, T, 64]`` at
-25 Hz, 48 kHz stereo, a 1920-sample hop. The tokenizer is a byte-level BPE trained here on the
-ACE-Step prompt formats, so nothing is downloaded.
+Every module is the real diffusers/transformers class, saved in the same layout a converted
+checkpoint has, so a random model goes through the very loader, digest and conditioning code the
+real one does. The tiny one has hidden sizes of a few dozen; only its latent geometry is full size:
+``[B, T, 64]`` at 25 Hz, 48 kHz stereo, a 1920-sample hop. The real-size one has the published
+geometry of every module (2B-parameter DiT, Qwen3-Embedding-0.6B-shaped text encoder, the 48 kHz
+Oobleck VAE), so timings and memory on a GPU are the real model's, with no download. The tokenizer
+is a byte-level BPE trained here on the ACE-Step prompt formats, so nothing is downloaded.
 
-The VAE has its own seed: tiny checkpoints of different variants built with one ``vae_seed`` share
-a latent space, as the real base/sft/turbo checkpoints share their VAE.
+The VAE has its own seed: checkpoints of different variants built with one ``vae_seed`` share a
+latent space, as the real base/sft/turbo checkpoints share their VAE.
 """
 
 from __future__ import annotations
@@ -31,9 +33,35 @@ VAE_RATIOS = [10, 6, 4, 4, 2]
 48 kHz, and that block's width is fixed at 128 by the 64 latent channels."""
 _TOKENIZER_VOCAB = 600
 
+REAL_VAE = dict(
+    encoder_hidden_size=128,
+    downsampling_ratios=[2, 4, 4, 6, 10],
+    channel_multiples=[1, 2, 4, 8, 16],
+    decoder_channels=128,
+)
+"""The released VAE's config (checkpoints/vae/config.json), besides the shared geometry."""
+REAL_TEXT = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, rope_theta=1_000_000.0)
+"""Qwen3-Embedding-0.6B's shape (its vocabulary aside: the tokenizer here is the small one)."""
+
 
 def build_tiny_checkpoint(path: str | Path, family: str = "turbo", seed: int = 0, vae_seed: int = 0) -> Path:
     """Write a tiny checkpoint of ``family`` (turbo, base or sft) to the new or empty dir ``path``."""
+    return build_random_checkpoint(path, family, seed=seed, vae_seed=vae_seed)
+
+
+def build_random_checkpoint(
+    path: str | Path,
+    family: str = "turbo",
+    *,
+    real_size: bool = False,
+    seed: int = 0,
+    vae_seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random checkpoint of ``family`` to the new or empty dir ``path``: tiny, or with
+    ``real_size`` the published geometry (initialised on ``device``, saved in ``dtype``)."""
     require_extra()
     from diffusers import AceStepTransformer1DModel, AutoencoderOobleck
     from diffusers.pipelines.ace_step import (
@@ -47,61 +75,56 @@ def build_tiny_checkpoint(path: str | Path, family: str = "turbo", seed: int = 0
         raise ValueError(f"family: one of {sorted(FAMILIES)}, got {family!r}")
     root = Path(path)
     if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} is not empty; a tiny checkpoint is written only into a new or empty dir")
+        raise FileExistsError(f"{root} is not empty; a random checkpoint is written only into a new or empty dir")
     root.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(vae_seed)
-    vae = AutoencoderOobleck(
-        encoder_hidden_size=2 * LATENT_DIM,
-        downsampling_ratios=VAE_RATIOS,
-        channel_multiples=[1, 1, 1, 1, 1],
-        decoder_channels=4,
-        decoder_input_channels=LATENT_DIM,
-        audio_channels=2,
-        sampling_rate=SAMPLE_RATE,
-    ).eval()
-    vae.save_pretrained(root / "vae")
+    def save(module: torch.nn.Module, sub: str) -> None:
+        torch.nn.Module.to(module, dtype=dtype).save_pretrained(root / sub)  # ModelMixin.to warns needlessly
 
-    torch.manual_seed(seed)
-    tokenizer = _tokenizer()
-    tokenizer.save_pretrained(root / "tokenizer")
-    text_config = Qwen3Config(
-        vocab_size=len(tokenizer), num_hidden_layers=2, max_position_embeddings=4096, **WIDTH
-    )
-    Qwen3Model(text_config).save_pretrained(root / "text_encoder")
+    # The diffusers classes' defaults are the released DiT-side geometry; the tiny one overrides them.
+    width: dict[str, int] = {} if real_size else WIDTH
+    attention = {} if real_size else dict(sliding_window=SLIDING_WINDOW, **width)
+    with torch.device(device):
+        torch.manual_seed(vae_seed)
+        vae_shape = REAL_VAE if real_size else dict(
+            encoder_hidden_size=2 * LATENT_DIM, downsampling_ratios=VAE_RATIOS, channel_multiples=[1] * 5, decoder_channels=4
+        )
+        vae = AutoencoderOobleck(
+            decoder_input_channels=LATENT_DIM, audio_channels=2, sampling_rate=SAMPLE_RATE, **vae_shape
+        ).eval()
+        with torch.no_grad():  # the real converter bakes the VAE's latent of silence into the encoder
+            frame = vae.encode(torch.zeros(1, 2, HOP_LENGTH)).latent_dist.mode()  # [1, 64, 1]
+        save(vae, "vae")
 
-    is_turbo = family == "turbo"
-    AceStepTransformer1DModel(
-        num_hidden_layers=2,
-        in_channels=3 * LATENT_DIM,
-        audio_acoustic_hidden_dim=LATENT_DIM,
-        patch_size=2,
-        sliding_window=SLIDING_WINDOW,
-        is_turbo=is_turbo,
-        model_version=family,
-        **WIDTH,
-    ).save_pretrained(root / "transformer")
+        torch.manual_seed(seed)
+        tokenizer = _tokenizer()
+        tokenizer.save_pretrained(root / "tokenizer")
+        text_shape = REAL_TEXT if real_size else dict(num_hidden_layers=2, max_position_embeddings=4096, **width)
+        text_config = Qwen3Config(vocab_size=len(tokenizer), **text_shape)
+        save(Qwen3Model(text_config), "text_encoder")
 
-    encoder = AceStepConditionEncoder(
-        text_hidden_dim=WIDTH["hidden_size"],
-        timbre_hidden_dim=LATENT_DIM,
-        num_lyric_encoder_hidden_layers=1,
-        num_timbre_encoder_hidden_layers=1,
-        sliding_window=SLIDING_WINDOW,
-        **WIDTH,
-    )
-    with torch.no_grad():  # the real converter bakes the VAE's latent of silence in here
-        frame = vae.encode(torch.zeros(1, 2, HOP_LENGTH)).latent_dist.mode()  # [1, 64, 1]
-        encoder.silence_latent.copy_(frame.transpose(1, 2).expand(1, MAX_FRAMES, LATENT_DIM))
-    encoder.save_pretrained(root / "condition_encoder")
+        layers = {} if real_size else dict(num_hidden_layers=2)
+        save(
+            AceStepTransformer1DModel(
+                in_channels=3 * LATENT_DIM, audio_acoustic_hidden_dim=LATENT_DIM, patch_size=2,
+                is_turbo=family == "turbo", model_version=family, **layers, **attention,
+            ),
+            "transformer",
+        )  # fmt: skip
+        encoder_layers = {} if real_size else dict(num_lyric_encoder_hidden_layers=1, num_timbre_encoder_hidden_layers=1)
+        encoder = AceStepConditionEncoder(
+            text_hidden_dim=text_config.hidden_size, timbre_hidden_dim=LATENT_DIM, **encoder_layers, **attention
+        )
+        with torch.no_grad():
+            encoder.silence_latent.copy_(frame.transpose(1, 2).expand(1, MAX_FRAMES, LATENT_DIM))
+        save(encoder, "condition_encoder")
 
-    vq = dict(audio_acoustic_hidden_dim=LATENT_DIM, pool_window_size=VQ_POOL, num_attention_pooler_hidden_layers=1)
-    AceStepAudioTokenizer(fsq_dim=WIDTH["hidden_size"], sliding_window=SLIDING_WINDOW, **vq, **WIDTH).save_pretrained(
-        root / "audio_tokenizer"
-    )
-    AceStepAudioTokenDetokenizer(sliding_window=SLIDING_WINDOW, **vq, **WIDTH).save_pretrained(
-        root / "audio_token_detokenizer"
-    )
+        vq = dict(audio_acoustic_hidden_dim=LATENT_DIM, pool_window_size=VQ_POOL)
+        if not real_size:
+            vq.update(num_attention_pooler_hidden_layers=1, **attention)
+        fsq = {} if real_size else dict(fsq_dim=WIDTH["hidden_size"])
+        save(AceStepAudioTokenizer(**fsq, **vq), "audio_tokenizer")
+        save(AceStepAudioTokenDetokenizer(**vq), "audio_token_detokenizer")
     (root / "model_index.json").write_text(json.dumps(_model_index(type(tokenizer).__name__), indent=2))
     return root
 

@@ -128,7 +128,9 @@ class EmbeddedBackend:
     def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=torch.float32, device=self.device)
 
-    def vae_encode(self, audio: torch.Tensor) -> torch.Tensor:
+    def vae_encode(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is not None:
+            raise InvalidStageRequest("vae_encode: the embedded codec is exact and has no posterior to sample; use 'mean'")
         return self.codec.encode(audio)
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
