@@ -111,3 +111,9 @@ class AudioUnavailable(AudioError, TransientError):
     """An audio source that could not be fetched right now (timeout, connection failure, HTTP 408,
     429 or 5xx). It is still an ``AudioError`` (nothing was stored) but, being transient, the task
     layer retries it instead of failing the run on a network blip."""
+
+
+class PlannerUnavailable(BackendLoadError):
+    """A run asked for planning (``thinking``, ``use_cot_*``, simple mode) and the backend's planner
+    cannot be built: no planner for that backend, or the 5 Hz LM's folder is unset, missing or
+    malformed. The message names the folder; nothing ran without the plan."""
