@@ -29,6 +29,7 @@ from prefect_acestep.stages.backends.acestep.loading import (
     load_components,
     read_transformer_config,
     require_extra,
+    resolve_device,
     resolve_dtype,
 )
 from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task, resolve_variant
@@ -38,7 +39,6 @@ from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
 from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, VQ_POOL
 
 CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
-DEVICE_ENV = "ACESTEP_DEVICE"
 NAME = "acestep"
 LATENT_SPACE = "acestep-v15"
 _PAD_NOISE_SEED = 0x0AC3_57E9_0128
@@ -64,14 +64,7 @@ class AceStepBackend:
         environment says where its weights are."""
         require_extra()
         root = _checkpoint_root(checkpoint_dir)
-        if device is None:
-            device = os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise BackendLoadError(f"device: {device!r} is not a torch device ({exc})") from exc
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         has_vq = check_layout(root)
         self.identity = _checkpoint_identity(root, variant)
@@ -181,6 +174,9 @@ class AceStepBackend:
                 f"codes: expected [B, ceil({frames} / {VQ_POOL}), quantizers], got {tuple(codes.shape)}"
             )
         tokenizer, detokenizer = self._vq()
+        size = tokenizer.quantizer.codebook_size
+        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < size:
+            raise InvalidStageRequest(f"codes: values must lie in 0..{size - 1} (this checkpoint's codebook)")
         quantized = tokenizer.quantizer.get_output_from_indices(codes.to(self.device))
         return detokenizer(quantized.to(self.dtype))[:, :frames].float()
 
