@@ -111,8 +111,8 @@ class AceStepLmPlanner:
             max_new_tokens=limit,
             do_sample=sampling,
             temperature=request.lm_temperature if sampling else 1.0,
-            top_k=request.lm_top_k,
-            top_p=request.lm_top_p,
+            top_k=request.lm_top_k if sampling else None,  # None: greedy has no warpers
+            top_p=request.lm_top_p if sampling else None,
             eos_token_id=self._vocab.eos,
             pad_token_id=self._lm.model.generation_config.pad_token_id,
             guidance_scale=request.lm_cfg_scale if request.lm_cfg_scale > 1 else None,

@@ -30,8 +30,16 @@ CHAT_TEMPLATE = (
 _BPE_VOCAB = 700
 
 
-def build_tiny_lm(path: str | Path, seed: int = 0, name: str = "acestep-5Hz-lm-tiny") -> Path:
-    """Write a tiny LM folder ``path / name`` (new or empty) and return it."""
+def build_tiny_lm(
+    path: str | Path, seed: int = 0, name: str = "acestep-5Hz-lm-tiny", newline_scale: float = 1.0
+) -> Path:
+    """Write a tiny LM folder ``path / name`` (new or empty) and return it.
+
+    Random logits of width 32 are nearly uniform over the 64k-token vocabulary, so a random LM's
+    caption runs to the 512-token cap. ``newline_scale`` scales the newline token's (tied)
+    embedding: at a few hundred the LM ends lines within a few tokens, as a trained one ends its
+    captions, which keeps a random-weights caption within what the DiT reads.
+    """
     require_extra()
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -51,7 +59,10 @@ def build_tiny_lm(path: str | Path, seed: int = 0, name: str = "acestep-5Hz-lm-t
         pad_token_id=tokenizer.pad_token_id,
         **WIDTH,
     )
-    Qwen3ForCausalLM(config).save_pretrained(root)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer.encode("\n")[-1]] *= newline_scale
+    model.save_pretrained(root)
     return root
 
 
