@@ -21,6 +21,9 @@ from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANG
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_token
 
 WIDTH = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+GEOMETRY_1_7B = dict(hidden_size=2048, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8,
+                     head_dim=128, num_hidden_layers=28)  # fmt: skip
+"""Qwen3-1.7B's shape (acestep-5Hz-lm-1.7B's base), for a random-weights GPU benchmark."""
 CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -31,14 +34,19 @@ _BPE_VOCAB = 700
 
 
 def build_tiny_lm(
-    path: str | Path, seed: int = 0, name: str = "acestep-5Hz-lm-tiny", newline_scale: float = 1.0
+    path: str | Path,
+    seed: int = 0,
+    name: str = "acestep-5Hz-lm-tiny",
+    newline_scale: float = 1.0,
+    geometry: dict[str, int] | None = None,
 ) -> Path:
     """Write a tiny LM folder ``path / name`` (new or empty) and return it.
 
     Random logits of width 32 are nearly uniform over the 64k-token vocabulary, so a random LM's
     caption runs to the 512-token cap. ``newline_scale`` scales the newline token's (tied)
     embedding: at a few hundred the LM ends lines within a few tokens, as a trained one ends its
-    captions, which keeps a random-weights caption within what the DiT reads.
+    captions, which keeps a random-weights caption within what the DiT reads. ``geometry`` replaces
+    the tiny shape (e.g. ``GEOMETRY_1_7B``, saved in bf16) with the same tokenizer.
     """
     require_extra()
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -52,14 +60,15 @@ def build_tiny_lm(
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        num_hidden_layers=2,
         max_position_embeddings=8192,
-        tie_word_embeddings=True,
+        tie_word_embeddings=geometry is None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **WIDTH,
+        **({**WIDTH, "num_hidden_layers": 2} if geometry is None else geometry),
     )
     model = Qwen3ForCausalLM(config)
+    if geometry is not None:
+        model = model.to(torch.bfloat16)
     with torch.no_grad():
         model.get_input_embeddings().weight[tokenizer.encode("\n")[-1]] *= newline_scale
     model.save_pretrained(root)
