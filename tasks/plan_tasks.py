@@ -30,7 +30,7 @@ from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.cache import CODE_VERSION
 from prefect_acestep.tasks.cache_storage import cache_storage
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
-from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.tasks.retries import TRANSIENT_RETRIES
 
 
 def plan_key(request: PlanRequest, backend: str) -> str:
@@ -74,10 +74,7 @@ plan_task: Task[..., Plan] = task(
     description="Plan a song with the backend's planner (the 5 Hz LM on acestep): metadata, caption, audio codes.",
     tags=["acestep", "plan"],
     cache_policy=PlanCachePolicy(),
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_if_transient,
+    **TRANSIENT_RETRIES,
     persist_result=True,
     result_serializer="json",
 )

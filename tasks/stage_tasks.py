@@ -25,7 +25,7 @@ from prefect_acestep.tasks.cache import StageCachePolicy
 from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
 from prefect_acestep.tasks.logbridge import install_loguru_bridge
-from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.tasks.retries import TRANSIENT_RETRIES
 
 install_loguru_bridge()
 
@@ -80,10 +80,7 @@ def _stage_task(stage_type: str) -> Task[..., list[StageResult]]:
         description=f"Run one {stage_type} stage and store its latents.",
         tags=["acestep", f"stage:{stage_type}"],
         cache_policy=StageCachePolicy(),
-        retries=RETRIES,
-        retry_delay_seconds=RETRY_DELAYS,
-        retry_jitter_factor=RETRY_JITTER,
-        retry_condition_fn=retry_if_transient,
+        **TRANSIENT_RETRIES,
         persist_result=True,
         result_serializer="json",
     )

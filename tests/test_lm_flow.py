@@ -24,14 +24,9 @@ from prefect_acestep.stages.planning.registry import planner_for, register_plann
 from prefect_acestep.stages.backends.acestep.lm.planner import AceStepLmPlanner  # noqa: E402
 from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest  # noqa: E402
 from prefect_acestep.tasks.blocks import AceLatentStore  # noqa: E402
-from tests.flow_helpers import (  # noqa: E402
-    fast_prefect,  # noqa: F401  (fixture)
-    flow_run_id,
-    latent_dir,  # noqa: F401  (fixture)
-    task_runs,
-)
+from tests.flow_helpers import flow_run_id, task_runs  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir")
+pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir", "one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +38,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def worker_env(weights: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
-    """A worker's environment; the planner is built from it on first use (one thread: see
-    test_acestep_backend)."""
+    """A worker's environment; the planner is built from it on first use."""
     monkeypatch.setenv("ACESTEP_CHECKPOINT_DIR", str(weights["dit"]))
     monkeypatch.setenv("ACESTEP_LM_DIR", str(weights["lm"]))
     monkeypatch.setenv("ACESTEP_DEVICE", "cpu")
     register_planner("acestep", AceStepLmPlanner)  # a fresh planner, built from this environment
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def table_rows(flow_run) -> list[dict]:

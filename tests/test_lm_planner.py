@@ -39,14 +39,7 @@ from prefect_acestep.stages.store import LatentStore  # noqa: E402
 
 LM_FIELDS = {"bpm", "duration", "keyscale", "language", "timesignature"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared CPU (see test_acestep_backend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

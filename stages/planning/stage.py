@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_acestep.stages.errors import InvalidStageRequest
-from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.params import LmSampling, StageParams
 from prefect_acestep.stages.planning.codes import format_audio_codes, parse_audio_codes
 from prefect_acestep.stages.planning.protocol import Plan, Planner, PlanRequest
 from prefect_acestep.stages.planning.registry import planner_for
@@ -42,11 +42,7 @@ def plan_request(params: StageParams, seed: int) -> PlanRequest:
         language=language,
         codes=params.thinking and not parse_audio_codes(params.audio_code_string),
         seed=seed,
-        lm_temperature=params.lm_temperature,
-        lm_cfg_scale=params.lm_cfg_scale,
-        lm_top_k=params.lm_top_k,
-        lm_top_p=params.lm_top_p,
-        lm_negative_prompt=params.lm_negative_prompt,
+        **params.model_dump(include=set(LmSampling.model_fields)),
     )
 
 
