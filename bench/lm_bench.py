@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from prefect_acestep.stages.backends.acestep.lm import prompts
-from prefect_acestep.stages.backends.acestep.lm.planner import AceStepLmPlanner
-from prefect_acestep.stages.backends.acestep.lm.tiny import GEOMETRY_1_7B, build_tiny_lm
+from prefect_acestep.stages.planning.lm import prompts
+from prefect_acestep.stages.planning.lm.planner import AceStepLmPlanner
+from prefect_acestep.stages.planning.lm.tiny import GEOMETRY_1_7B, build_tiny_lm
 from prefect_acestep.stages.planning.protocol import PlanRequest
 
 SECONDS = 60.0

@@ -23,7 +23,7 @@ from prefect.runtime import task_run as current_task_run
 from prefect_acestep.stages.errors import StageError
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.planning.protocol import Plan, PlanRequest
-from prefect_acestep.stages.planning.registry import planner_for
+from prefect_acestep.stages.planning.registry import planner_for, planner_identity
 from prefect_acestep.stages.planning.stage import check_capabilities, needs_new_plan, plan_request
 from prefect_acestep.stages.seeds import draw_base_seed
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -34,11 +34,12 @@ from prefect_acestep.tasks.retries import TRANSIENT_RETRIES
 
 
 def plan_key(request: PlanRequest, backend: str) -> str:
-    """The cache key of a plan: the request and the planner's identity (loading the planner once)."""
+    """The cache key of a plan: the request and the planner's identity (read from the LM folder's
+    files, so a cache hit on a fresh worker loads no LM)."""
     payload = {
         "code": CODE_VERSION,
         "request": request.model_dump(mode="json"),
-        "planner": planner_for(backend).identity.model_dump(mode="json"),
+        "planner": planner_identity(backend).model_dump(mode="json"),
     }
     return "plan-" + hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -17,11 +17,11 @@ from prefect import get_client  # noqa: E402
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId  # noqa: E402
 
 from prefect_acestep import generate_flow, simple_flow  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.tiny import build_tiny_lm  # noqa: E402
+from prefect_acestep.stages.planning.lm.tiny import build_tiny_lm  # noqa: E402
 from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.errors import PlannerUnavailable  # noqa: E402
 from prefect_acestep.stages.planning.registry import planner_for, register_planner  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.planner import AceStepLmPlanner  # noqa: E402
+from prefect_acestep.stages.planning.lm.planner import AceStepLmPlanner  # noqa: E402
 from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest  # noqa: E402
 from prefect_acestep.tasks.blocks import AceLatentStore  # noqa: E402
 from tests.flow_helpers import flow_run_id, task_runs  # noqa: E402

@@ -19,11 +19,12 @@ import torch
 pytest.importorskip("transformers", reason="the acestep extra is not installed: pip install 'prefect-acestep[acestep]'")
 
 from prefect_acestep.stages.backends.acestep import AceStepBackend  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.constraint import CodesConstraint  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.cot import format_cot, parse_cot  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.planner import AceStepLmPlanner  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.tiny import build_tiny_lm  # noqa: E402
-from prefect_acestep.stages.backends.acestep.lm.vocabulary import LmVocabulary  # noqa: E402
+from prefect_acestep.stages.planning.lm.constraint import CodesConstraint  # noqa: E402
+from prefect_acestep.stages.planning.lm.cot import format_cot, parse_cot  # noqa: E402
+from prefect_acestep.stages.planning.lm.planner import AceStepLmPlanner  # noqa: E402
+from prefect_acestep.stages.planning.lm.tiny import build_tiny_lm  # noqa: E402
+from prefect_acestep.stages.planning.lm.vocabulary import LmVocabulary  # noqa: E402
+from prefect_acestep.stages.backends.acestep.prompt import prompt_text  # noqa: E402
 from prefect_acestep.stages.backends.acestep.tiny import build_tiny_checkpoint  # noqa: E402
 from prefect_acestep.stages.backends.protocol import ConditionSpec  # noqa: E402
 from prefect_acestep.stages.conversions import custom_to_params, restore  # noqa: E402
@@ -32,7 +33,7 @@ from prefect_acestep.stages.errors import InvalidStageRequest, PlannerUnavailabl
 from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANGUAGES, StageParams  # noqa: E402
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_count, format_audio_codes  # noqa: E402
 from prefect_acestep.stages.planning.protocol import Plan, PlannerIdentity, PlanRequest  # noqa: E402
-from prefect_acestep.stages.planning.registry import planner_for, register_planner  # noqa: E402
+from prefect_acestep.stages.planning.registry import planner_for, planner_identity, register_planner  # noqa: E402
 from prefect_acestep.stages.planning.stage import apply_plan, plan_request  # noqa: E402
 from prefect_acestep.stages.runner import run_stage  # noqa: E402
 from prefect_acestep.stages.store import LatentStore  # noqa: E402
@@ -81,6 +82,16 @@ def test_the_lm_loads_from_its_folder_with_an_identity(lm: AceStepLmPlanner, lm_
     copy = AceStepLmPlanner(lm_dir=str(shutil.copytree(lm_dir, tmp_path / lm_dir.name)), device="cpu")
     assert copy.identity == lm.identity  # the digest is of the content, not of the path
     assert lm.model.device.type == "cpu" and lm.model.dtype == torch.float32
+
+
+def test_the_identity_is_read_from_the_folder_without_building_the_lm(lm, lm_dir, monkeypatch):
+    monkeypatch.setenv("ACESTEP_LM_DIR", str(lm_dir))
+    register_planner("acestep", AceStepLmPlanner)
+    assert AceStepLmPlanner.identity_for() == planner_identity("acestep") == lm.identity
+    monkeypatch.setenv("ACESTEP_LM_DIR", str(lm_dir.parent / "gone"))
+    register_planner("acestep", AceStepLmPlanner)
+    with pytest.raises(PlannerUnavailable, match="gone does not exist"):
+        planner_identity("acestep")
 
 
 def test_a_missing_lm_folder_is_a_typed_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -227,12 +238,12 @@ def test_lm_codes_condition_the_dit_as_upstream_routes_them(dit: AceStepBackend)
     expected = upstream_context(dit, codes, frames)
     torch.testing.assert_close(ctx.first.context, expected.expand(2, -1, -1), rtol=1e-5, atol=1e-5)
     cover = ConditionSpec(task="cover", caption="calm piano", bpm=90, duration_s=frames / 25)
-    assert ctx.first.cond.prompt_text == cover.prompt_text()  # upstream switches to the cover instruction
+    assert ctx.first.cond.prompt_text == prompt_text(cover)  # upstream switches to the cover instruction
     torch.testing.assert_close(ctx.first.cond.hidden_states, dit.encode_condition(cover, 2).hidden_states)
     assert ctx.switch_step == 4  # int(8 * 0.5) steps on the codes, then plain text2music on silence
     silence = dit.silence_latent(frames).unsqueeze(0).expand(2, -1, -1)
     torch.testing.assert_close(ctx.after.context[..., :64].float(), silence)
-    assert ctx.after.cond.prompt_text == spec.prompt_text()
+    assert ctx.after.cond.prompt_text == prompt_text(spec)
 
 
 def test_codes_outside_the_codebook_and_on_audio_stages_are_refused(dit: AceStepBackend):

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict
 from prefect_acestep.stages.backends.embedded.harmony import NOTE_NAMES, TEMPO_RANGE, parse_keyscale
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.geometry import MAX_DURATION_S
-from prefect_acestep.stages.planning.protocol import Capability, Plan, PlannerIdentity, PlanRequest
 
 PLANNER = "embedded-rules-1"
 
@@ -159,18 +158,3 @@ def plan(description: str) -> SimplePlan:
         instrumental=instrumental,
         lm_metadata=metadata,
     )
-
-
-class RulePlanner:
-    """The embedded backend's planner (entry point ``embedded``): these rules behind the same
-    ``Planner`` protocol as the 5 Hz LM. It reads the caption as the description, decides the metas
-    and the cleaned caption, and neither detects a language nor writes audio codes, so a request
-    for those is refused by the caller. It draws nothing at random: the seed does not matter."""
-
-    identity = PlannerIdentity(name="embedded-rules", variant=PLANNER, weights_digest="")
-    capabilities: frozenset[Capability] = frozenset({"metas", "caption"})
-
-    def plan(self, request: PlanRequest) -> Plan:
-        planned = plan(request.caption)
-        metadata = {name: value for name, value in planned.lm_metadata.items() if name != "planner"}
-        return Plan(planner=self.identity, request=request, metadata=metadata)

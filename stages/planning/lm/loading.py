@@ -64,9 +64,9 @@ def load_lm(root: Path, device: str | None, dtype: str | None) -> LanguageModel:
         precision = resolve_dtype(where, dtype)
     except BackendLoadError as exc:
         raise PlannerUnavailable(f"the 5 Hz LM in {root} cannot load: {exc}") from exc
-    _check_config(root)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    _check_config(root)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, dtype=precision)
@@ -76,8 +76,14 @@ def load_lm(root: Path, device: str | None, dtype: str | None) -> LanguageModel:
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=_pad_id(tokenizer), bos_token_id=tokenizer.bos_token_id
     )
-    identity = PlannerIdentity(name=NAME, variant=root.name, weights_digest=directory_digest(root))
-    return LanguageModel(model=model.to(where).eval(), tokenizer=tokenizer, identity=identity, device=where)
+    return LanguageModel(model=model.to(where).eval(), tokenizer=tokenizer, identity=lm_identity(root), device=where)
+
+
+def lm_identity(root: Path) -> PlannerIdentity:
+    """The LM's identity from its folder's files alone (no transformers import, no weights loaded):
+    the folder name as variant, the digest of its content (sizes, headers, sampled bytes)."""
+    _check_config(root)
+    return PlannerIdentity(name=NAME, variant=root.name, weights_digest=directory_digest(root))
 
 
 def _pad_id(tokenizer: Any) -> int:

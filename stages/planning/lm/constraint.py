@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from transformers import LogitsProcessor
 
-from prefect_acestep.stages.backends.acestep.lm.vocabulary import LmVocabulary, ValueTrie
+from prefect_acestep.stages.planning.lm.vocabulary import LmVocabulary, ValueTrie
 
 FIELD_ORDER = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 """Upstream's field order (genres, which upstream skips when planning, is left out)."""

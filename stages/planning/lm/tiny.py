@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from prefect_acestep.stages.backends.acestep.lm.cot import format_cot
-from prefect_acestep.stages.backends.acestep.lm.prompts import LM_INSTRUCTION
+from prefect_acestep.stages.planning.lm.cot import format_cot
+from prefect_acestep.stages.planning.lm.prompts import LM_INSTRUCTION
 from prefect_acestep.stages.backends.acestep.loading import require_extra
 from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANGUAGES
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_token

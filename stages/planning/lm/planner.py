@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from prefect_acestep.stages.backends.acestep.lm import prompts
-from prefect_acestep.stages.backends.acestep.lm.constraint import CodesConstraint, ReasoningConstraint, reasoning_steps
-from prefect_acestep.stages.backends.acestep.lm.cot import format_cot, parse_cot
-from prefect_acestep.stages.backends.acestep.lm.loading import LanguageModel, load_lm, resolve_lm_dir
-from prefect_acestep.stages.backends.acestep.lm.vocabulary import LmVocabulary
+from prefect_acestep.stages.planning.lm import prompts
+from prefect_acestep.stages.planning.lm.constraint import CodesConstraint, ReasoningConstraint, reasoning_steps
+from prefect_acestep.stages.planning.lm.cot import format_cot, parse_cot
+from prefect_acestep.stages.planning.lm.loading import LanguageModel, lm_identity, load_lm, resolve_lm_dir
+from prefect_acestep.stages.planning.lm.vocabulary import LmVocabulary
 from prefect_acestep.stages.params import DEFAULT_DURATION_S
 from prefect_acestep.stages.planning.codes import code_count
-from prefect_acestep.stages.planning.protocol import Capability, Plan, PlanRequest
+from prefect_acestep.stages.planning.protocol import Capability, Plan, PlannerIdentity, PlanRequest
 
 METAS = ("bpm", "keyscale", "timesignature", "duration")
 
@@ -43,6 +43,13 @@ class AceStepLmPlanner:
     ``ACESTEP_DEVICE``, else cuda when available) in ``dtype`` (default bf16 on CUDA, else fp32)."""
 
     capabilities: frozenset[Capability] = frozenset({"metas", "caption", "language", "codes"})
+
+    @classmethod
+    def identity_for(cls, lm_dir: str | None = None, device: str | None = None, dtype: str | None = None) -> PlannerIdentity:
+        """The identity a planner built with these options has, from the folder's files alone
+        (``device`` and ``dtype`` do not enter it)."""
+        del device, dtype
+        return lm_identity(resolve_lm_dir(lm_dir))
 
     def __init__(self, lm_dir: str | None = None, device: str | None = None, dtype: str | None = None) -> None:
         self._lm: LanguageModel = load_lm(resolve_lm_dir(lm_dir), device, dtype)
