@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
@@ -12,6 +10,7 @@ from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.plan_tasks import plan_for_stage
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
@@ -20,16 +19,16 @@ def run_custom(
     block: AceLatentStore,
     out_dir: str | None,
     title: str,
-    lm_metadata: dict[str, Any] | None = None,
     refresh_cache: bool = False,
 ) -> list[StageResult]:
-    """The body of every one-stage flow (generate, simple, replay)."""
-    params = custom_to_params(request)
+    """The body of every one-stage flow (generate, simple, replay): the plan task first when the
+    stage plans anew, then the stage task."""
+    params, plan = plan_for_stage(custom_to_params(request), block)
     audio_dir = resolve_out_dir(out_dir)
     stage = stage_task_for(params, block)
     if refresh_cache:
         stage = stage.with_options(refresh_cache=True)
-    results = stage(params, block, pipeline_id=run_id(), lm_metadata=lm_metadata)
+    results = stage(params, block, pipeline_id=run_id(), plan=plan)
     results = with_audio(results, block, audio_dir, stem=f"{params.stage_type}-{results[0].latent_id}")
     publish_summary(title, [results], audio_dir, key="acestep-generate-summary")
     return results

@@ -9,6 +9,7 @@ from prefect_acestep.stages.requests import PipelineRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.plan_tasks import plan_for_stage
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
@@ -31,9 +32,9 @@ def pipeline_flow(
     hops: list[list[StageResult]] = []
     last = len(request.stages) - 1
     for index, stage in enumerate(request.stages):
-        params = request.stage_params(index)
+        params, plan = plan_for_stage(request.stage_params(index), block)
         results = stage_task_for(params, block)(
-            params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id
+            params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id, plan=plan
         )
         stage_latents[index] = results[0].latent_id
         if stage.preview or index == last:

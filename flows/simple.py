@@ -1,46 +1,46 @@
-"""Simple mode: a description becomes a full custom request through the planner, then generate."""
+"""Simple mode: a description becomes a planned custom request, then one generate stage.
+
+Both backends answer the same way: the description is the caption, the stage asks its backend's
+planner for everything that planner can decide, and the plan task plans before the generate task
+runs. On ``acestep`` the planner is the 5 Hz LM (metas, caption, language and audio codes; its
+folder must be configured, ``ACESTEP_LM_DIR``); on ``embedded`` it is the rule reader (metas and
+caption).
+"""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from prefect_acestep.flows.generate import run_custom
-from prefect_acestep.stages.backends.embedded import plan
 from prefect_acestep.stages.conversions import simple_to_custom
+from prefect_acestep.stages.planning.registry import planner_for
 from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
 
 
-def planned_request(request: SimpleRequest) -> tuple[GenerateRequest, dict]:
-    """The custom request simple mode runs, and the planner's metadata. The planner fills caption,
-    bpm, key, time signature and (when the request leaves it unset) duration; the request's own
-    fields (instrumental, vocal language, seed, variant, batch) are kept as given: the planner
-    describes the music, it does not override what the user chose."""
-    custom = simple_to_custom(request)
-    planned = plan(request.description)
-    duration = request.duration if request.duration is not None else planned.duration
-    filled = custom.model_copy(
-        update={
-            "caption": planned.caption,
-            "bpm": planned.bpm,
-            "keyscale": planned.keyscale,
-            "timesignature": planned.timesignature,
-            "duration": duration,
-        }
-    )
-    return GenerateRequest.model_validate(filled.model_dump()), {"description": request.description, **planned.lm_metadata}
+def planned_request(request: SimpleRequest) -> GenerateRequest:
+    """The custom request simple mode runs: every planning switch the backend's planner serves is
+    on (building the planner here, so a missing LM fails before any task); the request's own fields
+    (instrumental, vocal language, duration, seed, variant, batch, LM sampling) are kept as given."""
+    can = planner_for(request.backend).capabilities
+    switches = {
+        "thinking": "codes" in can,
+        "use_cot_metas": "metas" in can,
+        "use_cot_caption": "caption" in can,
+        "use_cot_language": "language" in can,
+    }
+    return GenerateRequest.model_validate({**simple_to_custom(request).model_dump(), **switches})
 
 
-@flow(name="acestep-simple", description="Describe the music in words; the planner fills the parameters.")
+@flow(name="acestep-simple", description="Describe the music in words; the backend's planner fills the parameters.")
 def simple_flow(request: SimpleRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
-    """Plan caption, tempo, key, time signature and duration from ``request.description``, then run
-    one generate stage; the plan is recorded as the latent's ``lm_metadata``.
+    """Plan the song from ``request.description`` (a plan task run), then run one generate stage;
+    the plan is recorded as the latent's ``lm_metadata``.
 
     Args:
         request: The description and the few settings simple mode exposes.
         store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
         out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR.
     """
-    custom, metadata = planned_request(request)
-    return run_custom(custom, AceLatentStore.resolve(store), out_dir, "ACE-Step simple", lm_metadata=metadata)
+    return run_custom(planned_request(request), AceLatentStore.resolve(store), out_dir, "ACE-Step simple")

@@ -158,3 +158,9 @@ class StorageUnavailable(StorageError, TransientError):
 
     what = "storage unavailable"
     advice = "this may pass, so the task layer retries it"
+
+
+class PlannerUnavailable(BackendLoadError):
+    """A run asked for planning (``thinking``, ``use_cot_*``, simple mode) and the backend's planner
+    cannot be built: no planner for that backend, or the 5 Hz LM's folder is unset, missing or
+    malformed. The message names the folder; nothing ran without the plan."""

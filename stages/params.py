@@ -18,7 +18,9 @@ from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.repaint import DEFAULT_REPAINT_MODE, DEFAULT_REPAINT_STRENGTH, RepaintMode
 from prefect_acestep.stages.engine.variants import VARIANTS, InferMethod, SchedulerMode
 from prefect_acestep.stages.geometry import MAX_DURATION_S
+from prefect_acestep.stages.planning.codes import CODES_PER_SECOND, MAX_CODE_STRING, code_count, parse_audio_codes
 from prefect_acestep.stages.vocabulary import (
+    PLANNED_STAGES,
     STAGES,
     TRACK_NAMES,
     ModelVariant,
@@ -60,6 +62,9 @@ DEFAULT_GUIDANCE_SCALE = 7.0
 """ACE-Step's default CFG scale for the guided variants."""
 MAX_BATCH = 64
 MAX_STAGES = 64
+DEFAULT_DURATION_S = 30.0
+"""Length of a run from noise (and of a plan's codes) when neither the request, a source nor a
+planner gives one."""
 
 LEGACY_FIELD_NAMES: dict[str, str] = {
     "type": "stage_type",
@@ -83,6 +88,11 @@ def _sorted_unique(steps: list[int]) -> list[int]:
     if len(set(steps)) != len(steps):
         raise ValueError(f"checkpoint_steps has repeated steps: {steps}")
     return sorted(steps)
+
+
+def _valid_audio_codes(text: str) -> str:
+    parse_audio_codes(text)
+    return text
 
 
 def _legacy_value(old: str, value: Any) -> Any:
@@ -182,7 +192,71 @@ class RunSettings(StrictModel):
     )
 
 
-class StageFields(RunSettings, Conditioning):
+class LmSampling(StrictModel):
+    """How the 5 Hz LM samples (upstream's ``lm_*`` parameters and defaults)."""
+
+    lm_temperature: float = Field(
+        0.85, ge=0.0, le=2.0, title="LM temperature", description="Sampling temperature of the 5 Hz LM; 0 = greedy."
+    )
+    lm_cfg_scale: float = Field(
+        2.0,
+        ge=1.0,
+        le=10.0,
+        title="LM guidance",
+        description="Classifier-free guidance of the LM against the negative prompt; 1 = none.",
+    )
+    lm_top_k: int = Field(0, ge=0, le=1000, title="LM top-k", description="Keep the k likeliest tokens; 0 = off.")
+    lm_top_p: float = Field(
+        0.9, gt=0.0, le=1.0, title="LM top-p", description="Nucleus sampling: keep tokens up to this mass; 1 = off."
+    )
+    lm_negative_prompt: str = Field(
+        "NO USER INPUT",
+        max_length=2000,
+        title="LM negative prompt",
+        description="Caption of the LM's unconditional branch; 'NO USER INPUT' (upstream's default) drops the caption.",
+    )
+
+
+class LmSettings(LmSampling):
+    """Whether the 5 Hz LM plans a run before diffusion, and what it may decide (upstream's
+    ``thinking`` and ``use_cot_*``). Off by default: the LM folder is optional, and a request that
+    needs it fails when it is missing rather than running without it."""
+
+    thinking: bool = Field(
+        False,
+        title="Thinking (5 Hz LM)",
+        description="The 5 Hz LM writes the song's audio codes, which condition the DiT (generate/refine from noise; "
+        "needs the LM folder, ACESTEP_LM_DIR). A source latent's stored plan is reused, never re-planned.",
+    )
+    use_cot_metas: bool | None = Field(
+        None,
+        title="LM writes metas",
+        description="The LM fills bpm, key, time signature and duration left unset. None = same as thinking.",
+    )
+    use_cot_caption: bool | None = Field(
+        None, title="LM rewrites caption", description="The DiT gets the LM's rewritten caption. None = same as thinking."
+    )
+    use_cot_language: bool | None = Field(
+        None,
+        title="LM detects language",
+        description="The LM writes the vocal language when it is 'unknown'. None = same as thinking.",
+    )
+
+    @property
+    def cot_fields(self) -> tuple[bool, bool, bool]:
+        """Effective (metas, caption, language) switches: unset ones follow ``thinking``."""
+        return tuple(  # type: ignore[return-value]
+            self.thinking if value is None else value
+            for value in (self.use_cot_metas, self.use_cot_caption, self.use_cot_language)
+        )
+
+    @property
+    def wants_plan(self) -> bool:
+        """Upstream's rule for running the LM at all: thinking, or any chain-of-thought field."""
+        return any((self.thinking, *self.cot_fields))
+
+
+class StageFields(LmSettings, RunSettings, Conditioning):
     """Fields shared by ``StageParams`` and ``GenerateRequest``, and the rules that tie them together.
 
     Not a request by itself: the two subclasses differ only in how they name their latent source
@@ -303,6 +377,13 @@ class StageFields(RunSettings, Conditioning):
         title="Checkpoint steps",
         description="Absolute step indices K at which to store the state x_t (start of step K); [] = none.",
     )
+    audio_code_string: Annotated[str, AfterValidator(_valid_audio_codes)] = Field(
+        "",
+        max_length=MAX_CODE_STRING,
+        title="Audio codes",
+        description="5 Hz LM codes ('<|audio_code_N|>' tokens, 5 per second) conditioning a generate/refine as "
+        "upstream's cover-like context; '' = none. A planned latent records its LM's codes here.",
+    )
     allow_cross_variant: bool = Field(
         False,
         title="Allow cross-variant source",
@@ -374,6 +455,7 @@ class StageFields(RunSettings, Conditioning):
             problems.append(
                 f"repainting_end {self.repainting_end} must be greater than repainting_start {self.repainting_start}"
             )
+        problems.extend(self._code_violations())
         if self.cfg_interval_end < self.cfg_interval_start:
             problems.append(
                 f"cfg_interval_end {self.cfg_interval_end} is below cfg_interval_start {self.cfg_interval_start}"
@@ -386,6 +468,25 @@ class StageFields(RunSettings, Conditioning):
                     f"allow 0..{self.planned_steps - 1}"
                 )
         return problems
+
+
+    def _code_violations(self) -> list[str]:
+        if self.audio_code_string == "":
+            return []
+        if self.stage_type not in PLANNED_STAGES:
+            return [
+                f"audio_code_string: stage_type {self.stage_type!r} takes its context from its source; only "
+                f"{sorted(PLANNED_STAGES)} take LM codes"
+            ]
+        count = len(parse_audio_codes(self.audio_code_string))
+        if count == 0:
+            return []
+        if self.duration is not None and code_count(self.duration) != count:
+            return [
+                f"audio_code_string: {count} codes make {count / CODES_PER_SECOND:g} s, but duration {self.duration:g} s needs "
+                f"{code_count(self.duration)}"
+            ]
+        return []
 
 
 class StageParams(StageFields):

@@ -21,6 +21,8 @@ from prefect_acestep.stages.params import (
     DurationField,
     InstrumentalField,
     LatentIdField,
+    LmSampling,
+    LmSettings,
     RunSettings,
     SeedField,
     StageFields,
@@ -67,7 +69,9 @@ def resolve_source(params: StageParams) -> StageSource:
     return StageSource(kind="noise")
 
 
-SHARED_FIELDS: tuple[str, ...] = tuple(Conditioning.model_fields) + tuple(RunSettings.model_fields)
+SHARED_FIELDS: tuple[str, ...] = (
+    tuple(Conditioning.model_fields) + tuple(RunSettings.model_fields) + tuple(LmSettings.model_fields)
+)
 """Fields a pipeline sets once for all its stages (a stage may override each)."""
 
 STAGE_ONLY_RENAMES: dict[str, str] = {"t_start": "denoise"}
@@ -125,7 +129,7 @@ class PipelineStage(_StageOverrides):  # type: ignore[misc,valid-type]
         return values
 
 
-class PipelineRequest(RunSettings, Conditioning):
+class PipelineRequest(LmSettings, RunSettings, Conditioning):
     """A linear pipeline: shared conditioning and run settings, then the stages in order."""
 
     stages: list[PipelineStage] = Field(
@@ -194,8 +198,9 @@ class GenerateRequest(StageFields):
     )
 
 
-class SimpleRequest(RunSettings):
-    """Simple mode: a description that a planner turns into a custom request."""
+class SimpleRequest(LmSampling, RunSettings):
+    """Simple mode: a description that the backend's planner turns into a custom request (on the
+    acestep backend the 5 Hz LM, sampled with the ``lm_*`` settings; the embedded planner ignores them)."""
 
     description: str = Field(
         "", max_length=2000, title="Description", description="What the music should be, in plain words."

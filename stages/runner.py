@@ -13,6 +13,12 @@ Modes, decided by the source:
 - audio: the stages that read their source as audio (cover, repaint, extract, lego, complete): the
   source goes through audio first (decode, then encode), so that a generated latent feeds them
   exactly as uploaded audio would, unless it already is encoded audio (an ``import`` latent).
+
+Planning (the spec's "LLM phase 1") comes first when a generate/refine asks for it: from noise the
+backend's planner plans (or the caller hands in the plan it got, e.g. from a cached Prefect task);
+from a source latent its stored plan is reused. The run then goes on with the plan written into
+its params (``prefect_acestep.stages.planning.stage.apply_plan``), and the LM's codes, if any,
+condition the DiT as upstream's cover-like context.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from prefect_acestep.stages.engine.context import output_frames
 from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, StepInfo, run_loop
 from prefect_acestep.stages.engine.repaint import RepaintSeams
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest
-from prefect_acestep.stages.geometry import FRAME_RATE
+from prefect_acestep.stages.geometry import FRAME_RATE, VQ_POOL
 from prefect_acestep.stages.latent_audio import latent_audio, stage_window
-from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.params import DEFAULT_DURATION_S, StageParams
+from prefect_acestep.stages.planning.codes import parse_audio_codes
+from prefect_acestep.stages.planning.protocol import Plan
+from prefect_acestep.stages.planning.stage import planned
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import resolve_source
 from prefect_acestep.stages.results import CheckpointRef, StageResult
@@ -41,8 +50,6 @@ from prefect_acestep.stages.sources import as_float32, check_source
 from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.stages.vocabulary import IMPORT_STAGE, STAGES
 
-DEFAULT_DURATION_S = 30.0
-"""Length of a run from noise when neither the request nor a source gives one."""
 _ENCODE_NOISE_SALT = 0x0E4C_0DE5_A4B1_0001
 """Seeds a ``sample`` VAE encode apart from the diffusion's own noise streams."""
 MOMENTUM_KEY = "momentum"
@@ -79,13 +86,14 @@ def run_stage(
     backend: Backend | None = None,
     stage_latents: Mapping[int, str] | None = None,
     provenance: Provenance = Provenance(),
-    lm_metadata: dict[str, Any] | None = None,
+    plan: Plan | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> list[StageResult]:
     """Run one stage and return one ``StageResult`` per batch item.
 
     ``stage_latents`` maps earlier pipeline stage indices to their final latent IDs (for
-    ``src_stage``). Nothing is stored unless the whole run succeeds.
+    ``src_stage``). ``plan`` is the plan of a generate from noise that asks for one, made by the
+    caller; None plans here when needed. Nothing is stored unless the whole run succeeds.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -101,6 +109,11 @@ def run_stage(
     clock = time.perf_counter()
     base_seed = draw_base_seed(params.seed)
     seeds = item_seeds(base_seed, params.batch_size)
+    params, plan = planned(params, source.record, plan, base_seed)
+    lm_metadata = None if plan is None else plan.record_metadata()
+    timings["plan"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
     request = _loop_request(params, store, model, source, base_seed, on_step)
     timings["prepare"] = time.perf_counter() - clock
 
@@ -217,8 +230,10 @@ def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRe
     return _audio_source(store, model, parent, latent, index, made_with, made_with.seed)
 
 
-def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None) -> int:
+def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None, codes: list[int]) -> int:
     if source.latent is None:
+        if codes:  # the codes set the length, as upstream decodes them into the target latents
+            return len(codes) * VQ_POOL
         duration = params.duration if params.duration is not None else DEFAULT_DURATION_S
         return max(1, round(duration * FRAME_RATE))
     base = source.latent if task_source is None else task_source
@@ -252,7 +267,11 @@ def _loop_request(
         assert source.record is not None
         task_source = _resume_task_source(store, model, source.record)
         resume = _resume_state(source, len(seeds))
-    frames = _frames(params, source, task_source)
+    codes = parse_audio_codes(params.audio_code_string)
+    frames = _frames(params, source, task_source, codes)
+    if codes and -(-frames // VQ_POOL) != len(codes):
+        assert source.record is not None
+        raise IncompatibleLatent(source.record.id, "frames for the audio codes", len(codes) * VQ_POOL, frames)
     cond = params.condition_spec()
     if cond.duration_s is None or source.latent is not None:
         cond = replace(cond, duration_s=frames / FRAME_RATE)
@@ -273,7 +292,8 @@ def _loop_request(
         init=init,
         t_start=params.t_start,
         source=task_source,
-        cover_strength=params.audio_cover_strength if STAGES[params.stage_type].context == "codes" else 1.0,
+        codes=torch.tensor(codes, dtype=torch.long).view(1, -1, 1) if codes else None,
+        cover_strength=params.audio_cover_strength if STAGES[params.stage_type].context == "codes" or codes else 1.0,
         repaint_window=stage_window(params, window_frames),
         repaint=RepaintSeams(params.repaint_mode, params.repaint_strength),
         checkpoint_steps=_pending_checkpoints(params, source),

@@ -117,6 +117,10 @@ STAGES: dict[str, Stage] = {
 }  # fmt: skip
 
 STAGE_KINDS: tuple[str, ...] = tuple(STAGES)
+PLANNED_STAGES: frozenset[str] = frozenset(kind for kind, stage in STAGES.items() if stage.context == "silence")
+"""Stages the planner (the 5 Hz LM) serves: the text2music ones, which read no source context.
+Audio stages take their context from their source, as upstream skips its LM for them (its codes
+would silently turn them into covers)."""
 StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]
 """Stage types that run a diffusion pass."""
 

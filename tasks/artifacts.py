@@ -21,6 +21,7 @@ from prefect.artifacts import (
 
 from prefect_acestep.stages.engine.loop import StepInfo
 from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.planning.codes import parse_audio_codes
 from prefect_acestep.stages.results import StageResult
 
 def key_values(values: Mapping[str, Any], empty: str) -> str:
@@ -31,6 +32,24 @@ def key_values(values: Mapping[str, Any], empty: str) -> str:
 def checkpoint_summary(result: StageResult) -> str | None:
     """``step: latent ID`` of each stored checkpoint, or None when the run stored none."""
     return ", ".join(f"{c.step}: {c.latent_id}" for c in result.checkpoints) if result.checkpoints else None
+
+
+PLANNED_FIELDS = ("bpm", "keyscale", "timesignature", "duration", "language")
+PLAN_CAPTION_CHARS = 120
+
+
+def plan_cells(lm_metadata: dict[str, Any] | None) -> dict[str, str]:
+    """The plan a latent was made from, as two table cells: who planned it, and what it decided."""
+    if lm_metadata is None or "planner" not in lm_metadata:
+        return {"planner": "none", "plan": "none"}
+    planner, decided = lm_metadata["planner"], lm_metadata.get("metadata", {})
+    parts = [f"{name}={decided[name]}" for name in PLANNED_FIELDS if name in decided]
+    parts.append(f"codes={lm_metadata.get('audio_code_count', 0)}")
+    if "caption" in decided:
+        caption = str(decided["caption"])
+        cut = caption if len(caption) <= PLAN_CAPTION_CHARS else caption[:PLAN_CAPTION_CHARS] + "…"
+        parts.append(f"caption={cut!r}")
+    return {"planner": f"{planner['name']}/{planner['variant']}", "plan": ", ".join(parts)}
 
 
 def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
@@ -51,6 +70,7 @@ def stage_rows(results: Sequence[StageResult]) -> list[dict[str, Any]]:
                 "diffusion_s": round(result.timings.get("diffusion", 0.0), 3),
                 "total_s": round(sum(result.timings.values()), 3),
                 "backend": f"{result.backend.name}/{result.backend.variant}",
+                **plan_cells(result.lm_metadata),
                 "audio": "not decoded" if result.audio_path is None else result.audio_path,
             }
         )
@@ -62,7 +82,10 @@ def changed_params(before: StageParams | None, after: StageParams) -> dict[str, 
     reference = StageParams.model_validate({"stage_type": "generate"}) if before is None else before
     old, new = reference.model_dump(mode="json"), after.model_dump(mode="json")
     skip = {"src_latent_id", "src_stage", "src_audio_id"}
-    return {name: value for name, value in new.items() if name not in skip and old.get(name) != value}
+    changed = {name: value for name, value in new.items() if name not in skip and old.get(name) != value}
+    if "audio_code_string" in changed:  # thousands of tokens: the count says enough in a summary
+        changed["audio_code_string"] = f"{len(parse_audio_codes(after.audio_code_string))} codes"
+    return changed
 
 
 def lineage_markdown(title: str, hops: Sequence[Sequence[StageResult]], audio_dir: str | None) -> str:
@@ -92,7 +115,7 @@ def publish_stage_table(results: Sequence[StageResult]) -> None:
     stage = results[0].params.stage_type
     create_table_artifact(
         table=stage_rows(results),
-        description=f"{stage} stage: latents, seeds, steps, checkpoints and timings",
+        description=f"{stage} stage: latents, seeds, steps, checkpoints, timings and the plan (LM metadata)",
     )
 
 

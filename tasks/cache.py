@@ -3,10 +3,12 @@
 Prefect's default ``INPUTS`` policy hashes pickled arguments; two requests that mean the same run
 would miss, and one that names a latent ID would hit after the latent changed. Our key is what
 determines the output: the stage type and canonical params (seed included, source fields replaced
-by the source's content digest), the backend identity (name, variant, latent space, weights) and a
-code version. A run with a random seed (-1) has nothing to reuse and is never cached. The identity
-comes from the backend registry without building the model, so a cache hit on a fresh worker loads
-no weights.
+by the source's content digest), the backend identity (name, variant, latent space, weights), the
+plan handed in (which carries its planner's identity: the LM folder and weights digest) and a code
+version. A run with a random seed (-1) has nothing to reuse and is never cached, nor is one that
+would plan for itself inside the task (its planner's identity is not known before it runs).
+The identities come from the registries without building the models, so a cache hit on a fresh worker
+loads no weights.
 
 A cache hit must never return a latent ID that no longer resolves, so the key carries a generation
 suffix. If the record under generation g names a latent that is gone (deleted, expired, corrupt),
@@ -27,6 +29,8 @@ from prefect.context import TaskRunContext
 from prefect_acestep.stages.backends.registry import backend_identity
 from prefect_acestep.stages.errors import StageError
 from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.planning.protocol import Plan
+from prefect_acestep.stages.planning.stage import needs_new_plan
 from prefect_acestep.stages.runner import source_latent_id
 from prefect_acestep.stages.store import LatentStore
 
@@ -35,9 +39,11 @@ SOURCE_FIELDS = ("src_latent_id", "src_stage", "src_audio_id", "backend")
 """Replaced in the key by the source's digest and the backend's full identity."""
 
 
-def content_key(params: StageParams, store: LatentStore, stage_latents: dict[int, str] | None) -> str | None:
+def content_key(
+    params: StageParams, store: LatentStore, stage_latents: dict[int, str] | None, plan: Plan | None = None
+) -> str | None:
     """The content part of the key, or None when the run must not be cached."""
-    if params.seed == -1:
+    if params.seed == -1 or (plan is None and needs_new_plan(params)):
         return None
     source_id = source_latent_id(params, stage_latents)
     source_digest = None if source_id is None else store.record(source_id).digest
@@ -46,6 +52,7 @@ def content_key(params: StageParams, store: LatentStore, stage_latents: dict[int
         "params": params.model_dump(mode="json", exclude=set(SOURCE_FIELDS)),
         "source": source_digest,
         "backend": backend_identity(params.backend, variant=params.variant).model_dump(mode="json"),
+        "plan": None if plan is None else plan.model_dump(mode="json"),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -73,7 +80,7 @@ class StageCachePolicy(CachePolicy):
         params: StageParams = inputs["params"]
         store = inputs["store"].get_store()
         try:
-            base = content_key(params, store, inputs.get("stage_latents"))
+            base = content_key(params, store, inputs.get("stage_latents"), inputs.get("plan"))
         except StageError:
             return None  # the source does not resolve: the run itself raises the typed error
         if base is None:

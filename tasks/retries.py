@@ -38,3 +38,12 @@ def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     """Prefect ``retry_condition_fn``: the failed state's data is the raised exception."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, BaseException) and is_transient(exc)
+
+
+TRANSIENT_RETRIES = dict(
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_if_transient,
+)
+"""The retry options of every model task (``task(..., **TRANSIENT_RETRIES)``)."""

@@ -9,13 +9,14 @@ Tasks take IDs and small pydantic models and return ``StageResult``s, never tens
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, get_args
+from typing import get_args
 
 from prefect import Task, task
 from prefect.runtime import task_run as current_task_run
 from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_acestep.stages.params import StageKind, StageParams
+from prefect_acestep.stages.planning.protocol import Plan
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.runner import Provenance, run_stage
 from prefect_acestep.tasks.artifacts import DiffusionProgress, publish_stage_table
@@ -24,7 +25,7 @@ from prefect_acestep.tasks.cache import StageCachePolicy
 from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
 from prefect_acestep.tasks.logbridge import install_loguru_bridge
-from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
+from prefect_acestep.tasks.retries import TRANSIENT_RETRIES
 
 install_loguru_bridge()
 
@@ -51,7 +52,7 @@ def _run_stage_task(
     stage_latents: dict[int, str] | None = None,
     stage_index: int | None = None,
     pipeline_id: str | None = None,
-    lm_metadata: dict[str, Any] | None = None,
+    plan: Plan | None = None,
 ) -> list[StageResult]:
     flow_run_id, task_run_id = _current_run_ids()
     provenance = Provenance(
@@ -64,7 +65,7 @@ def _run_stage_task(
             store.get_store(),
             stage_latents=stage_latents,
             provenance=provenance,
-            lm_metadata=lm_metadata,
+            plan=plan,
             on_step=progress,
         )
     publish_stage_table(results)
@@ -79,10 +80,7 @@ def _stage_task(stage_type: str) -> Task[..., list[StageResult]]:
         description=f"Run one {stage_type} stage and store its latents.",
         tags=["acestep", f"stage:{stage_type}"],
         cache_policy=StageCachePolicy(),
-        retries=RETRIES,
-        retry_delay_seconds=RETRY_DELAYS,
-        retry_jitter_factor=RETRY_JITTER,
-        retry_condition_fn=retry_if_transient,
+        **TRANSIENT_RETRIES,
         persist_result=True,
         result_serializer="json",
     )

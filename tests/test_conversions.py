@@ -30,6 +30,7 @@ from prefect_acestep.stages.params import (
     VOCAL_LANGUAGES,
     StageParams,
 )
+from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, format_audio_codes
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import (
     SHARED_FIELDS,
@@ -67,6 +68,15 @@ def shared_values(draw) -> dict[str, Any]:
         "variant": draw(st.sampled_from(sorted(VARIANTS))),
         "backend": draw(st.sampled_from(["embedded", "acestep", "other_1"])),
         "batch_size": draw(st.integers(1, 4)),
+        "thinking": draw(st.booleans()),
+        "use_cot_metas": draw(maybe(st.booleans())),
+        "use_cot_caption": draw(maybe(st.booleans())),
+        "use_cot_language": draw(maybe(st.booleans())),
+        "lm_temperature": draw(st.floats(0.0, 2.0, **finite)),
+        "lm_cfg_scale": draw(st.floats(1.0, 10.0, **finite)),
+        "lm_top_k": draw(st.integers(0, 1000)),
+        "lm_top_p": draw(st.floats(0.0, 1.0, exclude_min=True, **finite)),
+        "lm_negative_prompt": draw(texts),
     }
     assert set(values) == set(SHARED_FIELDS)
     return values
@@ -96,7 +106,11 @@ def custom_requests(draw) -> GenerateRequest:
     top = steps - 1 if timesteps is None else 300
     repainting_start = draw(st.floats(-MAX_DURATION_S, MAX_DURATION_S - 1, **finite))
     cfg_start = draw(st.floats(0.0, 1.0, **finite))
+    codes = draw(st.lists(st.integers(0, CODEBOOK_SIZE - 1), max_size=5)) if stage_type in ("generate", "refine") else []
+    if codes:
+        values["duration"] = None  # a duration must match the codes' count; here the codes set the length
     values.update(
+        audio_code_string=format_audio_codes(codes),
         stage_type=stage_type,
         track_name=track_name,
         complete_track_classes=draw(st.lists(st.sampled_from(TRACK_NAMES), max_size=3)),

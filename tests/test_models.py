@@ -226,6 +226,12 @@ def test_several_rule_violations_are_reported_together():
         ({"scheduler": "cosine"}, "scheduler"),
         ({"variant": "xl"}, "variant"),
         ({"backend": "../evil"}, "backend"),
+        ({"lm_temperature": 2.5}, "lm_temperature"),
+        ({"lm_cfg_scale": 0.5}, "lm_cfg_scale"),
+        ({"lm_top_k": -1}, "lm_top_k"),
+        ({"lm_top_p": 0.0}, "lm_top_p"),
+        ({"audio_code_string": "<|audio_code_64000|>"}, "audio_code_string"),
+        ({"audio_code_string": "<|audio_code_1|> oops"}, "audio_code_string"),
     ],
 )
 def test_field_bounds(fields, needle):
@@ -247,6 +253,15 @@ SHARED_SAMPLE = {
     "variant": "base",
     "backend": "other-backend",
     "batch_size": 3,
+    "thinking": True,
+    "use_cot_metas": False,
+    "use_cot_caption": True,
+    "use_cot_language": False,
+    "lm_temperature": 0.5,
+    "lm_cfg_scale": 3.0,
+    "lm_top_k": 20,
+    "lm_top_p": 0.8,
+    "lm_negative_prompt": "noise",
 }
 STAGE_SAMPLE = {
     "caption": "stage caption",
@@ -260,6 +275,15 @@ STAGE_SAMPLE = {
     "variant": "sft",
     "backend": "embedded",
     "batch_size": 2,
+    "thinking": False,
+    "use_cot_metas": True,
+    "use_cot_caption": False,
+    "use_cot_language": True,
+    "lm_temperature": 1.2,
+    "lm_cfg_scale": 1.5,
+    "lm_top_k": 50,
+    "lm_top_p": 0.95,
+    "lm_negative_prompt": "harsh",
 }
 
 

@@ -162,13 +162,12 @@ def test_provenance_is_recorded(store: LatentStore) -> None:
     provenance = Provenance(pipeline_id="pipe-1", stage_index=1, flow_run_id="flow-1", task_run_id="task-1")
     [result] = run_stage(
         params(stage_type="refine", src_stage=0, t_start=0.6), store, stage_latents={0: source}, provenance=provenance,
-        lm_metadata={"bpm": 96},
     )  # fmt: skip
     record = store.record(result.latent_id)
     assert (record.pipeline_id, record.stage_index, record.flow_run_id, record.task_run_id) == (
         "pipe-1", 1, "flow-1", "task-1",
     )  # fmt: skip
-    assert record.parent_ids == [source] and record.lm_metadata == {"bpm": 96}
+    assert record.parent_ids == [source] and record.lm_metadata is None  # nothing planned
     assert record.backend.name == BACKEND and record.backend.variant == "turbo"
     assert record.stage_type == "refine" and record.t_start == result.t_start
     # The pipeline-relative src_stage is recorded as the latent it resolved to, so it replays alone.

@@ -4,6 +4,12 @@ The context is the source latents concatenated with a 0/1 chunk mask (1 = genera
 only in which source and which mask they pass, and cover additionally switches to plain
 text2music conditioning part-way through the schedule; the loop itself stays task-agnostic. Which
 regime a task gets is read from its row of the stage vocabulary (context, window, tracks).
+
+A text2music run given 5 Hz LM codes runs as upstream routes them: the codes, detokenized to
+25 Hz, are the context of a cover (cover instruction, mask all 1, switching to plain text2music
+after ``int(steps * cover_strength)`` steps), exactly the cover path with the source's VQ codes
+replaced by the LM's (ACE-Step's handler turns text2music with codes into cover; its model then
+uses the precomputed hints in place of tokenizing the source).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from prefect_acestep.stages.geometry import FRAME_RATE
 from prefect_acestep.stages.vocabulary import MODEL_TASKS, TASKS, Task
 
 _FRAME_EPS = 1e-6
+CODES_TASK = next(name for name, task in TASKS.items() if task.context == "codes")
+"""The task whose context is VQ codes (cover): what a text2music run on LM codes becomes."""
 
 
 @dataclass(frozen=True)
@@ -102,15 +110,20 @@ def build_task_context(
     cover_strength: float,
     total_steps: int,
     guided: bool,
+    codes: torch.Tensor | None = None,
 ) -> TaskContext:
     """The conditioning regimes, masks and kept source for one run (see the module docstring)."""
     task = spec.task
     rules = task_rules(task)
-    _check_fields(rules, source, window, cover_strength)
+    _check_fields(rules, source, window, cover_strength, codes)
     device = backend.device
     silence = backend.silence_latent(frames).to(device).unsqueeze(0).expand(batch, -1, -1).contiguous()
     ones = torch.ones(batch, frames, device=device)
 
+    if codes is not None:
+        hints = backend.detokenize(codes.expand(batch, -1, -1), frames)
+        cover = dataclasses.replace(spec, task=CODES_TASK)
+        return _cover_context(backend, cover, batch, hints, silence, ones, cover_strength, total_steps, guided)
     if rules.context == "silence":
         return TaskContext(_regime(backend, spec, batch, silence, ones, guided), None, None, None, None)
 
@@ -128,11 +141,7 @@ def build_task_context(
 
     if rules.context == "codes":
         vq = backend.detokenize(backend.tokenize(padded), frames)
-        switch = int(total_steps * cover_strength)
-        first = _regime(backend, spec, batch, vq, ones, guided)
-        plain = dataclasses.replace(spec, task="text2music", track_names=())
-        after = _regime(backend, plain, batch, silence, ones, guided) if switch < total_steps else None
-        return TaskContext(first, switch if after is not None else None, after, None, None)
+        return _cover_context(backend, spec, batch, vq, silence, ones, cover_strength, total_steps, guided)
 
     if geo is None:  # extract, complete, and lego over the whole source
         return TaskContext(_regime(backend, spec, batch, padded, ones, guided), None, None, None, None)
@@ -149,6 +158,25 @@ def build_task_context(
     return TaskContext(_regime(backend, spec, batch, src, mask, guided), None, None, keep, padded)
 
 
+def _cover_context(
+    backend: Backend,
+    spec: ConditionSpec,
+    batch: int,
+    vq: torch.Tensor,
+    silence: torch.Tensor,
+    ones: torch.Tensor,
+    cover_strength: float,
+    total_steps: int,
+    guided: bool,
+) -> TaskContext:
+    """Cover: the VQ context for the first ``int(steps * strength)`` steps, then plain text2music."""
+    switch = int(total_steps * cover_strength)
+    first = _regime(backend, spec, batch, vq, ones, guided)
+    plain = dataclasses.replace(spec, task="text2music", track_names=())
+    after = _regime(backend, plain, batch, silence, ones, guided) if switch < total_steps else None
+    return TaskContext(first, switch if after is not None else None, after, None, None)
+
+
 def _regime(
     backend: Backend, spec: ConditionSpec, batch: int, src: torch.Tensor, mask: torch.Tensor, guided: bool
 ) -> Conditioning:
@@ -157,9 +185,15 @@ def _regime(
 
 
 def _check_fields(
-    rules: Task, source: torch.Tensor | None, window: tuple[float, float] | None, cover_strength: float
+    rules: Task,
+    source: torch.Tensor | None,
+    window: tuple[float, float] | None,
+    cover_strength: float,
+    codes: torch.Tensor | None,
 ) -> None:
     task = rules.name
+    if codes is not None and rules.context != "silence":
+        raise InvalidStageRequest(f"codes: LM codes condition text2music only, not {task} (it has its own context)")
     if rules.context != "silence" and source is None:
         raise InvalidStageRequest(f"source: task {task} needs source latents")
     if rules.context == "silence" and source is not None:
@@ -171,6 +205,6 @@ def _check_fields(
         raise InvalidStageRequest(f"repaint_window: task {task} takes no window (only {takers} do)")
     if not 0.0 <= cover_strength <= 1.0:
         raise InvalidStageRequest(f"cover_strength: must lie in [0, 1], got {cover_strength}")
-    if rules.context != "codes" and cover_strength != 1.0:
+    if rules.context != "codes" and codes is None and cover_strength != 1.0:
         users = " and ".join(name for name, other in TASKS.items() if other.context == "codes")
-        raise InvalidStageRequest(f"cover_strength: only the {users} task uses it (task {task})")
+        raise InvalidStageRequest(f"cover_strength: only the {users} task and runs on LM codes use it (task {task})")

@@ -102,6 +102,8 @@ class LoopRequest:
     t_start: float | None = None
     """``None``: 1.0 for a fresh run, the checkpoint's own level for a resume."""
     source: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    """5 Hz LM codes ``[1 or B, n, quantizers]`` conditioning a text2music run (see ``build_task_context``)."""
     cover_strength: float = 1.0
     repaint_window: tuple[float, float] | None = None
     repaint: RepaintSeams = RepaintSeams()
@@ -166,6 +168,7 @@ def run_loop(backend: Backend, request: LoopRequest) -> LoopResult:
         batch=batch,
         frames=req.frames,
         source=source,
+        codes=req.codes,
         window=req.repaint_window,
         cover_strength=req.cover_strength,
         total_steps=n,

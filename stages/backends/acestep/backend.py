@@ -21,7 +21,7 @@ from prefect_acestep.stages.backends.acestep import conditioning as cnd
 from prefect_acestep.stages.backends.acestep import vae_tiling
 from prefect_acestep.stages.backends.acestep.identity import checkpoint_identity, identity_of
 from prefect_acestep.stages.backends.acestep.layout import VQ_PARTS, resolve_layout
-from prefect_acestep.stages.backends.acestep.loading import Components, load_components, require_extra, resolve_dtype
+from prefect_acestep.stages.backends.acestep.loading import Components, load_components, require_extra, resolve_device, resolve_dtype
 from prefect_acestep.stages.backends.acestep.variant import check_guidance, check_task
 from prefect_acestep.stages.backends.acestep.vae_tiling import VaeTiling
 from prefect_acestep.stages.backends.identity import BackendIdentity
@@ -30,7 +30,6 @@ from prefect_acestep.stages.errors import BackendLoadError, InvalidStageRequest
 from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_DIM, VQ_POOL
 
 CHECKPOINT_DIR_ENV = "ACESTEP_CHECKPOINT_DIR"
-DEVICE_ENV = "ACESTEP_DEVICE"
 _PAD_NOISE_SEED = 0x0AC3_57E9_0128
 """Seeds the fixed noise of the min-length tail (see conditioning.pad_to_min_frames)."""
 
@@ -58,14 +57,7 @@ class AceStepBackend:
         environment says where its weights are."""
         require_extra()
         root = _checkpoint_root(checkpoint_dir)
-        if device is None:
-            device = os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise BackendLoadError(f"device: {device!r} is not a torch device ({exc})") from exc
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         self.tiling = VaeTiling() if vae_tiling is None else vae_tiling
         self.layout = resolve_layout(root, variant)
@@ -176,6 +168,9 @@ class AceStepBackend:
                 f"codes: expected [B, ceil({frames} / {VQ_POOL}), quantizers], got {tuple(codes.shape)}"
             )
         tokenizer, detokenizer = self._vq()
+        size = tokenizer.quantizer.codebook_size
+        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < size:
+            raise InvalidStageRequest(f"codes: values must lie in 0..{size - 1} (this checkpoint's codebook)")
         quantized = tokenizer.quantizer.get_output_from_indices(codes.to(self.device))
         return detokenizer(quantized.to(self.dtype))[:, :frames].float()
 

@@ -80,6 +80,12 @@ def checkpoint_identity(layout: CheckpointLayout) -> CheckpointIdentity:
     return CheckpointIdentity(identity, parts)
 
 
+def model_folder_digest(folder: Path) -> str:
+    """A transformers model folder (config, safetensors weights, tokenizer files) by value, on the
+    same terms as a checkpoint's parts: the 5 Hz LM's weights digest."""
+    return combined_digest({"model": _folder_digest(folder), "tokenizer": _tokenizer_digest(folder)})
+
+
 def _module_tensor_digests(layout: CheckpointLayout) -> dict[str, dict[str, str]]:
     tensors: dict[str, dict[str, str]] = defaultdict(dict)
     for source in layout.tensor_files:

@@ -16,6 +16,7 @@ or on two copies of it, hold one VAE and one text encoder in memory.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from prefect_acestep.stages.geometry import AUDIO_CHANNELS, HOP_LENGTH, LATENT_D
 EXTRA = "prefect-acestep[acestep]"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_ENV = "ACESTEP_DEVICE"
 _shared: dict[tuple[str, str, str, torch.dtype], Any] = {}
 _shared_lock = threading.Lock()
 
@@ -63,6 +65,20 @@ def require_extra() -> None:
         raise BackendLoadError(
             f"diffusers {diffusers.__version__} has no ACE-Step 1.5 port (needs >= 0.42); pip install '{EXTRA}'"
         )
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device``, else ``ACESTEP_DEVICE``, else cuda when available, else cpu: stages name only the
+    backend, so a worker's environment says where its models run (the DiT and the 5 Hz LM alike)."""
+    if device is None:
+        device = os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise BackendLoadError(f"device: {device!r} is not a torch device ({exc})") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackendLoadError(f"device: {device!r} asked for, but this torch sees no CUDA device")
+    return resolved
 
 
 def resolve_dtype(device: torch.device, dtype: str | None) -> torch.dtype:

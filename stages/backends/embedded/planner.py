@@ -68,7 +68,7 @@ def _has(text: str, phrase: str) -> bool:
 def plan(description: str) -> SimplePlan:
     text = " ".join(description.split())
     if not text:
-        raise InvalidStageRequest("simple mode needs a description: got an empty one")
+        raise InvalidStageRequest("caption: the embedded planner reads a description, got an empty one")
     lower = text.lower()
     digest = hashlib.sha256(lower.encode()).digest()
     sources: dict[str, str] = {}
