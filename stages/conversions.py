@@ -1,5 +1,6 @@
-"""Lossless conversions between the modes: simple -> custom, custom -> pipeline stage ("add to
-pipeline"), pipeline stage -> custom ("send to custom"), stored latent -> custom ("restore").
+"""Lossless conversions between the modes: simple -> custom, custom -> pipeline stage or one-stage
+pipeline ("add to pipeline"), pipeline stage -> custom ("send to custom"), stored latent -> custom
+("restore").
 
 ``StageParams`` is the pivot: every conversion goes through it, so a field added to ``StageParams``
 travels through all of them without touching this module. The only renames are the latent source
@@ -19,6 +20,7 @@ from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import (
     EMPTYABLE_FIELDS,
+    SHARED_FIELDS,
     STAGE_ONLY_RENAMES,
     GenerateRequest,
     PipelineRequest,
@@ -67,6 +69,23 @@ def params_to_stage(params: StageParams, *, preview: bool = False) -> PipelineSt
         value = getattr(params, name)
         values[stage_name] = "" if value is None and stage_name in EMPTYABLE_FIELDS else value
     return PipelineStage.model_validate({**values, "preview": preview})
+
+
+def custom_to_pipeline(request: GenerateRequest, *, preview: bool = False) -> PipelineRequest:
+    """"Add to pipeline" as a whole request: a one-stage pipeline that runs ``request``, to extend
+    with more stages. The conditioning and run settings become the pipeline's shared values, and
+    the stage sets only what differs from the defaults (its source latent included), so stages added
+    after it inherit the same music."""
+    params = custom_to_params(request)
+    shared = {name: getattr(params, name) for name in SHARED_FIELDS}
+    full = params_to_stage(params, preview=preview)
+    defaults = PipelineStage.model_validate(params_to_stage(StageParams()).model_dump())
+    own = {
+        name: value
+        for name, value in full.model_dump().items()
+        if name not in SHARED_FIELDS and value != getattr(defaults, name)
+    }
+    return PipelineRequest.model_validate({**shared, "stages": [own]})
 
 
 def simple_to_custom(request: SimpleRequest) -> GenerateRequest:

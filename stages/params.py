@@ -17,9 +17,11 @@ from typing_extensions import Self
 from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.repaint import DEFAULT_REPAINT_MODE, DEFAULT_REPAINT_STRENGTH, RepaintMode
 from prefect_acestep.stages.engine.variants import VARIANTS, InferMethod, SchedulerMode
+from prefect_acestep.stages.forms import Problem, field_label, form_schema, request_problems
 from prefect_acestep.stages.geometry import MAX_DURATION_S
 from prefect_acestep.stages.planning.codes import CODES_PER_SECOND, MAX_CODE_STRING, code_count, parse_audio_codes
 from prefect_acestep.stages.vocabulary import (
+    KEYS,
     PLANNED_STAGES,
     STAGES,
     TRACK_NAMES,
@@ -27,6 +29,7 @@ from prefect_acestep.stages.vocabulary import (
     StageKind,
     TaskKind,
     TrackName,
+    normalise_keyscale,
     refusal,
 )
 
@@ -44,14 +47,16 @@ VOCAL_LANGUAGES: tuple[str, ...] = (
 """ACE-Step 1.5's vocal languages (``acestep/constants.py``); ``unknown`` lets the model decide."""
 VocalLanguage = Literal[VOCAL_LANGUAGES]  # type: ignore[valid-type]
 
-KEYSCALES: tuple[str, ...] = tuple(
-    f"{note}{accidental} {mode}"
-    for note in "ABCDEFG"
-    for accidental in ("", "#", "b", "♯", "♭")
-    for mode in ("major", "minor")
-)
-"""ACE-Step 1.5's 70 key/scale names, e.g. ``C major``, ``F# minor``, ``B♭ major``."""
-KeyScale = Literal[("",) + KEYSCALES]  # type: ignore[valid-type]
+
+
+def _one_spelling(value: Any) -> Any:
+    """A key typed any way (``f# MINOR``, ``G♭ major``, ACE-Step's ``E# minor``) in its one spelling."""
+    return normalise_keyscale(value) if isinstance(value, str) else value
+
+
+KeyScale = Annotated[Literal[("",) + KEYS], BeforeValidator(_one_spelling)]  # type: ignore[valid-type]
+"""One of the 24 keys in its one spelling (``vocabulary.KEYS``), or "" for none; other spellings and
+any case are accepted and normalised."""
 
 TIME_SIGNATURES: tuple[str, ...] = ("2", "3", "4", "6")
 """Beats per bar as ACE-Step writes them in the metas (2 = 2/4, 3 = 3/4, 4 = 4/4, 6 = 6/8)."""
@@ -115,8 +120,9 @@ DurationField = Annotated[
     BeforeValidator(_minus_one_is_none),
     Field(
         title="Duration (s)",
-        description="Length of the result in seconds. None (or the legacy -1): taken from the source latent, "
-        "else chosen by the planner/backend.",
+        description="Length of the result in seconds. Unset (or the legacy -1): the source latent's length, "
+        "else chosen by the planner/backend. For repaint and lego, a duration longer than the source extends "
+        "it (outpainting).",
     ),
 ]
 SeedField = Annotated[
@@ -133,9 +139,11 @@ LatentIdField = Annotated[str | None, Field(min_length=1, max_length=200)]
 
 class StrictModel(BaseModel):
     """Base of every request model: unknown fields are errors (a typo must not be silently ignored),
-    while the web app's old field names are still understood."""
+    while the web app's old field names are still understood. Its JSON schema is dressed as a form
+    (``stages.forms``): ``FORM_FIRST`` fields first, titled choices for fields that may be empty."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_schema)
+    FORM_FIRST: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -161,14 +169,19 @@ class StrictModel(BaseModel):
 class Conditioning(StrictModel):
     """What the music should be: text and musical metas (the model's conditioning)."""
 
-    caption: str = Field("", title="Caption", description="Style/content description of the music. '' = no caption.")
-    lyrics: str = Field("", title="Lyrics", description="Lyrics with optional [verse]/[chorus] tags. '' = none.")
+    caption: str = Field("", title="Caption", description="Style/content description of the music; empty = no caption.")
+    lyrics: str = Field("", title="Lyrics", description="Lyrics with optional [verse]/[chorus] tags; empty = none.")
     instrumental: InstrumentalField = False
     vocal_language: VocalLanguageField = "unknown"
-    bpm: int | None = Field(None, ge=30, le=300, title="BPM", description="Tempo in beats per minute; None = unset.")
-    keyscale: KeyScale = Field("", title="Key / scale", description="Key and scale, e.g. 'C major'; '' = unset.")
+    bpm: int | None = Field(None, ge=30, le=300, title="BPM", description="Tempo in beats per minute.")
+    keyscale: KeyScale = Field(
+        "",
+        title="Key / scale",
+        description="One of the 24 keys, e.g. 'F# minor' (other spellings such as 'Gb major' or 'f♯ min' are "
+        "accepted and written this way); empty = no key.",
+    )
     timesignature: TimeSignature = Field(
-        "", title="Time signature", description="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); '' = unset."
+        "", title="Time signature", description="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); empty = unset."
     )
     duration: DurationField = None
 
@@ -275,22 +288,24 @@ class StageFields(LmSettings, RunSettings, Conditioning):
         None, title="Track", description="Track for extract/lego: the one track to extract or add."
     )
     complete_track_classes: list[TrackName] = Field(
-        default_factory=list, title="Tracks to complete", description="Tracks that complete adds; [] = unspecified."
+        default_factory=list, title="Tracks to complete", description="Tracks that complete adds; none = unspecified."
     )
     repainting_start: float = Field(
         0.0,
         ge=-MAX_DURATION_S,
         le=MAX_DURATION_S,
         title="Repaint start (s)",
-        description="Start of the repaint/lego window in seconds; negative pads before the source (outpainting).",
+        description="Start of the repaint/lego window in seconds from the start of the source; negative extends "
+        "the clip before it (outpainting: set the duration to the longer length).",
     )
     repainting_end: Annotated[
         Annotated[float, Field(ge=-MAX_DURATION_S, le=MAX_DURATION_S)] | None, BeforeValidator(_minus_one_is_none)
     ] = Field(
         None,
         title="Repaint end (s)",
-        description="End of the window in seconds (exclusive); None (or the legacy -1) = end of the source; "
-        "past the end pads (outpainting).",
+        description="End of the window in seconds (exclusive); Unset (or the legacy -1) = the end of the source. "
+        "Past the end extends the clip (outpainting: set the duration to the longer length); past a duration "
+        "that is set, it is an error.",
     )
     audio_cover_strength: float = Field(
         1.0,
@@ -332,29 +347,33 @@ class StageFields(LmSettings, RunSettings, Conditioning):
         description="Batch item of the source latent to use (0 = first).",
     )
     inference_steps: int | None = Field(
-        None, ge=1, le=200, title="Steps", description="Diffusion steps N; None = the variant's default (base 32, sft 50, turbo 8)."
+        None,
+        ge=1,
+        le=200,
+        title="Steps",
+        description="Diffusion steps N; Unset = the variant's default (base 32, sft 50, turbo 8).",
     )
     shift: float | None = Field(
-        None, ge=1.0, le=5.0, title="Shift", description="Timestep shift; None = the variant's default."
+        None, ge=1.0, le=5.0, title="Shift", description="Timestep shift; Unset = the variant's default."
     )
     seed: SeedField = -1
     infer_method: InferMethod = Field("ode", title="Sampler", description="ode (deterministic Euler) or sde.")
     scheduler: SchedulerMode | None = Field(
-        None, title="Scheduler", description="Timestep schedule; None = the variant's own."
+        None, title="Scheduler", description="Timestep schedule; Unset = the variant's own."
     )
     timesteps: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
         None,
         min_length=1,
         max_length=201,
         title="Custom timesteps",
-        description="Custom schedule (t in [0, 1], 1 = noise), treated per variant; None = computed.",
+        description="Custom schedule (t in [0, 1], 1 = noise), treated per variant; Unset = computed.",
     )
     guidance_scale: float | None = Field(
         None,
         ge=1.0,
         le=20.0,
         title="Guidance scale",
-        description="CFG scale for guided variants (base/sft); 1 = no guidance. None = the variant's default "
+        description="CFG scale for guided variants (base/sft); 1 = no guidance. Unset = the variant's default "
         f"({DEFAULT_GUIDANCE_SCALE:g} for base/sft, no guidance for turbo variants, which reject any other value).",
     )
     use_adg: bool = Field(False, title="Use ADG", description="Angle-clipped guidance (ADG) instead of APG.")
@@ -368,14 +387,16 @@ class StageFields(LmSettings, RunSettings, Conditioning):
         None,
         gt=0.0,
         le=1.0,
-        title="t_start",
-        description="Noise level to start from, in (0, 1]: < 1 partially denoises the source latent. None = 1.0, "
-        "or a checkpoint's own step when resuming one.",
+        title="Denoise (t_start)",
+        description="Noise level to start from (1 = pure noise): below 1 keeps that much of the source latent and "
+        "partially denoises it (0.3 stays close, 0.8 strays far). Unset = 1, or a checkpoint's own step when "
+        "resuming one.",
     )
     checkpoint_steps: Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_sorted_unique)] = Field(
         default_factory=list,
         title="Checkpoint steps",
-        description="Absolute step indices K at which to store the state x_t (start of step K); [] = none.",
+        description="Absolute step indices K at which to store the state x_t (start of step K), to resume or "
+        "branch from later; none = no checkpoints.",
     )
     audio_code_string: Annotated[str, AfterValidator(_valid_audio_codes)] = Field(
         "",
@@ -432,60 +453,91 @@ class StageFields(LmSettings, RunSettings, Conditioning):
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
-        problems = self._rule_violations()
+        problems = self.rule_problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise request_problems(type(self), problems)
         return self
 
-    def _rule_violations(self) -> list[str]:
-        sources = ", ".join(self.SOURCE_FIELDS)
+    def _label(self, name: str) -> str:
+        return field_label(type(self), name)
+
+    def rule_problems(self) -> list[Problem]:
+        """The rules that tie several fields together, broken ones as ``(field, message)`` pairs."""
+        labels = [self._label(name) for name in self.SOURCE_FIELDS]
+        sources = " or ".join(labels) if len(labels) < 3 else f"{', '.join(labels[:-1])} or {labels[-1]}"
         has_source = any(getattr(self, name) is not None for name in self.SOURCE_FIELDS)
         stage = STAGES[self.stage_type]
-        problems: list[str] = []
+        problems: list[Problem] = []
         if stage.needs_source and not has_source:
-            problems.append(f"stage_type {self.stage_type!r} needs a source: set one of {sources}")
+            problems.append(("stage_type", f"{self.stage_type!r} needs a source: set {sources}"))
         if self.t_start is not None and self.t_start < 1.0 and not has_source:
-            problems.append(f"t_start {self.t_start} < 1 partially denoises a source latent: set one of {sources}")
+            problems.append(("t_start", f"{self.t_start:g} < 1 partially denoises a source latent: set {sources}"))
         if stage.tracks == "one" and self.track_name is None:
-            problems.append(f"track_name is required for stage_type {self.stage_type!r} (one of {list(TRACK_NAMES)})")
+            problems.append(("track_name", f"required for stage type {self.stage_type!r} (one of {list(TRACK_NAMES)})"))
         refused = refusal(self.variant, self.task)
         if refused is not None:
-            problems.append(f"stage_type {self.stage_type!r}: {refused}")
+            problems.append(("stage_type", f"{self.stage_type!r}: {refused}"))
         if self.repainting_end is not None and self.repainting_end <= self.repainting_start:
             problems.append(
-                f"repainting_end {self.repainting_end} must be greater than repainting_start {self.repainting_start}"
-            )
-        problems.extend(self._code_violations())
+                ("repainting_end", f"{self.repainting_end:g} s must be after {self._label('repainting_start')} "
+                 f"{self.repainting_start:g} s")
+            )  # fmt: skip
+        problems.extend(self._window_problems(stage.window != "none"))
+        problems.extend(self._code_problems())
         if self.cfg_interval_end < self.cfg_interval_start:
             problems.append(
-                f"cfg_interval_end {self.cfg_interval_end} is below cfg_interval_start {self.cfg_interval_start}"
-            )
+                ("cfg_interval_end", f"{self.cfg_interval_end:g} is below {self._label('cfg_interval_start')} "
+                 f"{self.cfg_interval_start:g}")
+            )  # fmt: skip
         if self.timesteps is None:
             out_of_range = [step for step in self.checkpoint_steps if step >= self.planned_steps]
             if out_of_range:
                 problems.append(
-                    f"checkpoint_steps {out_of_range} out of range: {self.planned_steps} inference steps "
-                    f"allow 0..{self.planned_steps - 1}"
-                )
+                    ("checkpoint_steps", f"{out_of_range} out of range: {self.planned_steps} inference steps "
+                     f"allow 0..{self.planned_steps - 1}")
+                )  # fmt: skip
         return problems
 
+    def _window_problems(self, takes_window: bool) -> list[Problem]:
+        """A repaint/lego window must fit in the clip whose duration is set: the output is exactly
+        ``duration`` long, so a window past it would silently lengthen the clip (outpainting) that the
+        user asked to be shorter. Extending is asked for by setting the longer duration."""
+        if self.duration is None:
+            return []
+        if not takes_window:
+            return []
+        before = max(0.0, -self.repainting_start)  # seconds added before the source (outpainting left)
+        if self.repainting_start >= self.duration:
+            return [
+                ("repainting_start", f"{self.repainting_start:g} s is at or past the end of the clip: its "
+                 f"{self._label('duration')} is {self.duration:g} s")
+            ]  # fmt: skip
+        if self.repainting_end is not None and self.repainting_end + before > self.duration + 1e-9:
+            reach = self.repainting_end + before
+            return [
+                ("repainting_end", f"{self.repainting_end:g} s is past the end of the clip: its "
+                 f"{self._label('duration')} is {self.duration:g} s. Shorten the window, or set the duration to "
+                 f"{reach:g} s to extend the clip (outpainting)")
+            ]  # fmt: skip
+        return []
 
-    def _code_violations(self) -> list[str]:
+
+    def _code_problems(self) -> list[Problem]:
         if self.audio_code_string == "":
             return []
         if self.stage_type not in PLANNED_STAGES:
             return [
-                f"audio_code_string: stage_type {self.stage_type!r} takes its context from its source; only "
-                f"{sorted(PLANNED_STAGES)} take LM codes"
-            ]
+                ("audio_code_string", f"stage type {self.stage_type!r} takes its context from its source; only "
+                 f"{sorted(PLANNED_STAGES)} take LM codes")
+            ]  # fmt: skip
         count = len(parse_audio_codes(self.audio_code_string))
         if count == 0:
             return []
         if self.duration is not None and code_count(self.duration) != count:
             return [
-                f"audio_code_string: {count} codes make {count / CODES_PER_SECOND:g} s, but duration {self.duration:g} s needs "
-                f"{code_count(self.duration)}"
-            ]
+                ("audio_code_string", f"{count} codes make {count / CODES_PER_SECOND:g} s, but duration "
+                 f"{self.duration:g} s needs {code_count(self.duration)}")
+            ]  # fmt: skip
         return []
 
 
@@ -503,13 +555,16 @@ class StageParams(StageFields):
     src_latent_id: LatentIdField = Field(
         None,
         title="Source latent",
-        description="Stored latent to start from: the init latent of refine/generate (a checkpoint resumes "
-        "exactly), or the source of an audio task.",
+        description="A stored latent ID (from a stage table or 'prefect-acestep latents ls') to start from: what "
+        "refine/generate denoise (a checkpoint resumes exactly), or an audio task's source. Wins over a source "
+        "stage.",
     )
     src_stage: int | None = Field(
         None,
         ge=0,
         le=MAX_STAGES - 1,
         title="Source stage",
-        description="Index of an earlier pipeline stage whose result is the source.",
+        description="Index of an earlier stage of this pipeline whose result is the source; stages are numbered "
+        "from 0 in the order listed. Unset in a stage that needs a source (refine, cover, repaint, ...): the "
+        "stage just before it.",
     )

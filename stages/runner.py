@@ -239,10 +239,31 @@ def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | No
     base = source.latent if task_source is None else task_source
     frames = base.shape[1]
     if STAGES[params.stage_type].window != "none":
-        return output_frames(params.task, frames, stage_window(params, frames))
+        return _window_frames(params, frames)
     if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
         assert source.record is not None
         raise IncompatibleLatent(source.record.id, "duration (frames at 25 Hz)", params.duration * FRAME_RATE, frames)
+    return frames
+
+
+def _window_frames(params: StageParams, source_frames: int) -> int:
+    """Frames of a windowed task's output. A window reaching outside the source extends the clip
+    (outpainting) only when the duration asks for the longer clip; unasked, it is an error naming
+    both numbers, never a silently longer result."""
+    window = stage_window(params, source_frames)
+    frames = output_frames(params.task, source_frames, window)
+    source_s, out_s = source_frames / FRAME_RATE, frames / FRAME_RATE
+    if params.duration is None and frames != source_frames:
+        assert window is not None
+        raise InvalidStageRequest(
+            f"repainting window {window[0]:g}-{window[1]:g} s reaches outside the source's {source_s:g} s; "
+            f"to extend the clip to {out_s:g} s (outpainting), set the duration to {out_s:g} s"
+        )
+    if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
+        raise InvalidStageRequest(
+            f"duration {params.duration:g} s: a {source_s:g} s source with this repainting window makes a "
+            f"{out_s:g} s clip; set the duration to {out_s:g} s, or leave it unset"
+        )
     return frames
 
 

@@ -1,6 +1,7 @@
-"""The stage vocabulary: every stage type, the model task it runs, what it reads, which variants run it.
+"""The vocabulary: every stage type, the model task it runs, what it reads, which variants run it; and
+the musical keys.
 
-This is the one place where stage types, model tasks, track names and model variants are named.
+This is the one place where stage types, model tasks, track names, model variants and keys are named.
 The request models' ``Literal`` types and rules, the runner's source modes, the loop's checks, the
 task context and both backends' refusals are all read from the tables below, so they cannot drift
 apart. The module imports nothing else of the project, so every layer may use it.
@@ -12,6 +13,7 @@ embedded model reads it (``backends/embedded/observation.py``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -178,3 +180,52 @@ def refusal(variant: str, task: str) -> str | None:
         f"task {task!r} is not supported by variant {variant!r}: only {trained} checkpoints were trained "
         f"for it; variant {variant!r} runs {list(tasks_of(variant))}"
     )
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+KeyMode = Literal["major", "minor"]
+KEY_MODES: tuple[KeyMode, ...] = ("major", "minor")
+SCALES: dict[str, tuple[int, ...]] = {
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),  # natural minor
+}
+"""Semitones above the tonic of each mode's seven scale degrees."""
+
+KEY_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
+    "minor": ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"),
+}
+"""The one spelling of each tonic (pitch class 0 = C): the key signature with the fewest accidentals,
+sharps for F# major and F# minor and flats for Eb minor (six either way), ASCII ``#`` and ``b``."""
+
+KEYS: tuple[str, ...] = tuple(
+    f"{KEY_SPELLINGS[mode][tonic]} {mode}" for tonic in range(12) for mode in KEY_MODES
+)
+"""The 24 keys as the forms list them, by tonic: ``C major``, ``C minor``, ``Db major``, ``C# minor``, ..."""
+
+_LETTERS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+_ACCIDENTALS = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1}
+_MODE_WORDS: dict[str, KeyMode] = {"major": "major", "maj": "major", "minor": "minor", "min": "minor", "m": "minor"}
+_KEY_PATTERN = re.compile(r"\s*([a-g])\s*([#♯b♭]?)\s*(major|minor|maj|min|m)\s*", flags=re.IGNORECASE)
+
+
+def key_parts(text: str) -> tuple[int, KeyMode]:
+    """``(tonic pitch class, mode)`` of a key written any common way, in any case: ``F# minor``,
+    ``f♯ MINOR``, ``Gb major``, ``B♭ maj``, ``C#m``; ACE-Step's own spellings (``E# minor``, ``Cb
+    major``) included. Anything else is a ``ValueError`` that shows the expected form."""
+    match = _KEY_PATTERN.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a key: expected a note and major or minor, e.g. 'C major' or 'F# minor'")
+    letter, accidental, mode = match.groups()
+    return (_LETTERS[letter.lower()] + _ACCIDENTALS[accidental.lower()]) % 12, _MODE_WORDS[mode.lower()]
+
+
+def key_name(tonic: int, mode: KeyMode) -> str:
+    """The one spelling of a key (one of ``KEYS``)."""
+    return f"{KEY_SPELLINGS[mode][tonic % 12]} {mode}"
+
+
+def normalise_keyscale(text: str) -> str:
+    """A key in its one spelling (``"f# MINOR"`` -> ``"F# minor"``); ``""`` (no key) stays ``""``."""
+    return "" if text == "" else key_name(*key_parts(text))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from prefect_acestep.stages.audio import load_audio
 from prefect_acestep.stages.errors import InvalidStageRequest
-from prefect_acestep.stages.params import KEYSCALES
+from prefect_acestep.stages.vocabulary import SCALES, key_parts
 
 RankMetric = Literal["key_adherence", "loudness"]
 METRIC_DOCS: dict[str, str] = {
@@ -36,9 +36,6 @@ _MAX_FRAMES = 64
 _FLOOR_BINS = 41
 _TOLERANCE_CENTS = 35.0
 _F_MIN, _F_MAX = 60.0, 4000.0
-_SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-_NOTES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_ACCIDENTALS = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1}
 
 
 class SampleScore(BaseModel):
@@ -53,12 +50,12 @@ class SampleScore(BaseModel):
 
 
 def scale_pitch_classes(keyscale: str) -> tuple[int, ...]:
-    """The seven pitch classes of an ACE-Step key name such as ``'F# minor'`` or ``'B♭ major'``."""
-    if keyscale not in KEYSCALES:
-        raise InvalidStageRequest(f"keyscale {keyscale!r}: key adherence needs one of the key names, e.g. 'C major'")
-    note, mode = keyscale.split(" ")
-    tonic = (_NOTES[note[0]] + _ACCIDENTALS[note[1:]]) % 12
-    return tuple((tonic + step) % 12 for step in _SCALES[mode])
+    """The seven pitch classes, in scale order, of a key such as ``'F# minor'`` or ``'B♭ major'``."""
+    try:
+        tonic, mode = key_parts(keyscale)
+    except ValueError as error:
+        raise InvalidStageRequest(f"keyscale {error}; key adherence needs a key") from error
+    return tuple((tonic + step) % 12 for step in SCALES[mode])
 
 
 def _mono(audio: np.ndarray) -> np.ndarray:

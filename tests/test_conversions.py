@@ -24,7 +24,6 @@ from prefect_acestep.stages.engine.variants import VARIANTS
 from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageRequest, LatentCorrupt
 from prefect_acestep.stages.geometry import MAX_DURATION_S
 from prefect_acestep.stages.params import (
-    KEYSCALES,
     MAX_SEED,
     TIME_SIGNATURES,
     VOCAL_LANGUAGES,
@@ -32,6 +31,7 @@ from prefect_acestep.stages.params import (
 )
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, format_audio_codes
 from prefect_acestep.stages.records import LatentRecord
+from prefect_acestep.stages.vocabulary import KEYS
 from prefect_acestep.stages.requests import (
     SHARED_FIELDS,
     GenerateRequest,
@@ -62,7 +62,7 @@ def shared_values(draw) -> dict[str, Any]:
         "instrumental": draw(st.booleans()),
         "vocal_language": draw(st.sampled_from(VOCAL_LANGUAGES)),
         "bpm": draw(maybe(st.integers(30, 300))),
-        "keyscale": draw(st.sampled_from(("",) + KEYSCALES)),
+        "keyscale": draw(st.sampled_from(("",) + KEYS)),
         "timesignature": draw(st.sampled_from(("",) + TIME_SIGNATURES)),
         "duration": draw(maybe(st.floats(0.04, MAX_DURATION_S, **finite))),
         "variant": draw(st.sampled_from(sorted(VARIANTS))),
@@ -104,7 +104,10 @@ def custom_requests(draw) -> GenerateRequest:
     timesteps = draw(maybe(st.lists(st.floats(0.0, 1.0, **finite), min_size=1, max_size=10)))
     steps = inference_steps if inference_steps is not None else variant.default_steps
     top = steps - 1 if timesteps is None else 300
-    repainting_start = draw(st.floats(-MAX_DURATION_S, MAX_DURATION_S - 1, **finite))
+    # A window must fit a clip whose duration is set; without one it may reach outside the source.
+    fits = STAGES[stage_type].window != "none" and values["duration"] is not None
+    reach = values["duration"] if fits else MAX_DURATION_S
+    repainting_start = draw(st.floats(0.0 if fits else -MAX_DURATION_S, reach, exclude_max=True, **finite))
     cfg_start = draw(st.floats(0.0, 1.0, **finite))
     codes = draw(st.lists(st.integers(0, CODEBOOK_SIZE - 1), max_size=5)) if stage_type in ("generate", "refine") else []
     if codes:
@@ -115,7 +118,7 @@ def custom_requests(draw) -> GenerateRequest:
         track_name=track_name,
         complete_track_classes=draw(st.lists(st.sampled_from(TRACK_NAMES), max_size=3)),
         repainting_start=repainting_start,
-        repainting_end=draw(maybe(st.floats(repainting_start, MAX_DURATION_S, exclude_min=True, **finite))),
+        repainting_end=draw(maybe(st.floats(repainting_start, reach, exclude_min=True, **finite))),
         audio_cover_strength=draw(st.floats(0.0, 1.0, **finite)),
         repaint_mode=draw(st.sampled_from(REPAINT_MODES)),
         repaint_strength=draw(st.floats(0.0, 1.0, **finite)),

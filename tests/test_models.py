@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from prefect_acestep.stages.backends.acestep.prompt import instruction, lyrics_text, prompt_text
 from prefect_acestep.stages.backends.identity import BackendIdentity
 from prefect_acestep.stages.engine.variants import VARIANTS
-from prefect_acestep.stages.params import KEYSCALES, StageParams
+from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.requests import (
     SHARED_FIELDS,
@@ -27,6 +27,7 @@ from prefect_acestep.stages.requests import (
 )
 from prefect_acestep.stages.results import CheckpointRef, StageResult
 from prefect_acestep.stages.vocabulary import (
+    KEYS,
     MODEL_VARIANTS,
     STAGE_KINDS,
     TRACK_NAMES,
@@ -63,22 +64,23 @@ def test_unknown_stage_type_under_its_legacy_name():
 def test_refine_without_source():
     assert "src_latent_id" in error_text(StageParams, stage_type="refine")
     assert "init_latent_id" in error_text(GenerateRequest, stage_type="refine")
-    message = pipeline_error(stages=[{"stage_type": "refine"}])
-    assert "stages[0]" in message and "src_latent_id" in message
+    message = pipeline_error(stages=[{"stage_type": "refine"}])  # the first stage has none before it
+    assert "stage 0 (refine) · Stage type (stage_type): 'refine' needs a source" in message
+    assert "src_latent_id" in message
 
 
 @pytest.mark.parametrize("stage_type", ["cover", "repaint", "extract", "lego", "complete"])
 def test_audio_stage_without_source(stage_type):
     fields = {"stage_type": stage_type, "variant": "base", "track_name": "drums"}
     message = error_text(StageParams, **fields)
-    assert f"stage_type '{stage_type}' needs a source" in message and "src_audio_id" in message
+    assert f"Stage type (stage_type): '{stage_type}' needs a source" in message and "src_audio_id" in message
     StageParams(**fields, src_audio_id="imported")  # the same stage with a source is valid
 
 
 @pytest.mark.parametrize("stage_type", ["extract", "lego"])
 def test_track_stage_without_track_name(stage_type):
     message = error_text(StageParams, stage_type=stage_type, variant="base", src_latent_id="x")
-    assert "track_name is required" in message
+    assert "Track (track_name): required for stage type" in message
 
 
 def test_track_names_outside_the_list():
@@ -100,7 +102,7 @@ def test_t_start_bounds_are_inclusive_of_one():
 
 
 def test_partial_t_start_needs_a_source():
-    assert "t_start 0.5 < 1" in error_text(GenerateRequest, t_start=0.5)
+    assert "Denoise (t_start): 0.5 < 1 partially denoises" in error_text(GenerateRequest, t_start=0.5)
 
 
 def test_negative_sample_index():
@@ -111,7 +113,8 @@ def test_negative_sample_index():
 def test_sample_index_beyond_the_source_stage_batch():
     stages = [{"batch_size": 2}, {"stage_type": "refine", "src_stage": 0, "resume_sample_index": 2}]
     message = pipeline_error(stages=stages)
-    assert "stages[1].resume_sample_index" in message and "makes 2 sample(s)" in message
+    assert "stage 1 (refine) · Source sample (resume_sample_index): 2 is out of range" in message
+    assert "makes 2 sample(s)" in message
     stages[1]["resume_sample_index"] = 1
     assert PipelineRequest(stages=stages).stage_params(1).resume_sample_index == 1
 
@@ -140,7 +143,7 @@ def test_checkpoint_step_must_be_below_the_inference_steps(variant, steps, last_
 def test_checkpoint_step_range_uses_the_inherited_variant():
     stages = [{"checkpoint_steps": [20]}]
     assert PipelineRequest(variant="base", stages=stages).stage_params(0).checkpoint_steps == [20]
-    assert "stages[0]" in pipeline_error(variant="turbo", stages=stages)
+    assert "stage 0 (generate) · Checkpoint steps (checkpoint_steps)" in pipeline_error(variant="turbo", stages=stages)
 
 
 def test_checkpoint_steps_are_sorted_and_distinct():
@@ -152,7 +155,9 @@ def test_checkpoint_steps_are_sorted_and_distinct():
 def test_src_stage_must_point_to_an_earlier_stage(index, src_stage):
     stages = [{} for _ in range(max(index + 1, 3))]
     stages[index] = {"stage_type": "refine", "src_stage": src_stage}
-    assert f"stages[{index}].src_stage" in pipeline_error(stages=stages)
+    assert f"stage {index} (refine) · Source stage (src_stage): {src_stage} is not an earlier stage" in pipeline_error(
+        stages=stages
+    )
 
 
 def test_src_stage_that_points_back_is_valid():
@@ -476,7 +481,7 @@ def test_request_fields_take_the_vocabulary():
 
 
 def test_keyscales_and_tracks():
-    assert len(KEYSCALES) == 70 and "B♭ major" in KEYSCALES
+    assert len(KEYS) == len(set(KEYS)) == 24 and "Bb major" in KEYS and "F# minor" in KEYS
     assert StageParams(track_name="vocals").track_name == "vocals"
     assert len(TRACK_NAMES) == 12
 
@@ -514,7 +519,7 @@ def test_prefect_builds_a_run_form_from_the_requests():
     stage = schema["definitions"]["PipelineStage"]["properties"]
     assert stage["denoise"]["title"] == "Denoise (t_start)"
     assert set(stage) == set(PipelineStage.model_fields)
-    assert "inherit" in stage["caption"]["description"]
+    assert "Inherit = the pipeline's shared value" in stage["caption"]["description"]
 
 
 # --- results --------------------------------------------------------------------------------------

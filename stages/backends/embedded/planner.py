@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from prefect_acestep.stages.backends.embedded.harmony import NOTE_NAMES, TEMPO_RANGE, parse_keyscale
+from prefect_acestep.stages.backends.embedded.harmony import TEMPO_RANGE, Key, parse_keyscale
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.geometry import MAX_DURATION_S
 
@@ -97,7 +97,7 @@ def plan(description: str) -> SimplePlan:
         minor = sum(_has(lower, w) for w in MINOR_WORDS)
         major = sum(_has(lower, w) for w in MAJOR_WORDS)
         mode = "minor" if minor > major else "major" if major > minor else _choice(digest, 1, ("major", "minor"))
-        key = parse_keyscale(f"{NOTE_NAMES[digest[2] % 12]} {mode}")
+        key = Key(tonic=digest[2] % 12, mode=mode)
         sources["keyscale"] = "words+hash" if minor != major else "hash"
 
     metre_match = re.search(r"\b([2346])\s*/\s*(4|8)\b", lower)
