@@ -80,6 +80,24 @@ def bass_pitch_class(audio, start_s: float, end_s: float) -> int:
     return int(np.argmax(pitch_class_energy(x, fmin=fmin, fmax=fmax)))
 
 
+KRUMHANSL_KESSLER = {
+    "major": np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+    "minor": np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+}
+"""Krumhansl and Kessler's probe-tone key profiles (1982), tonic first."""
+
+
+def find_key(pc_energy: np.ndarray) -> tuple[int, str]:
+    """The Krumhansl-Schmuckler key finder: the (tonic, mode) whose rotated key profile correlates
+    best with the pitch-class distribution."""
+    scores = {
+        (tonic, mode): float(np.corrcoef(pc_energy, np.roll(profile, tonic))[0, 1])
+        for mode, profile in KRUMHANSL_KESSLER.items()
+        for tonic in range(12)
+    }
+    return max(scores, key=scores.__getitem__)
+
+
 def register_energy(audio, tolerance_cents: float = 35.0) -> dict[str, float]:
     """Tonal energy whose pitch falls in each register's fundamental range."""
     freqs, tonal = tonal_spectrum(audio)

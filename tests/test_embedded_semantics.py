@@ -16,6 +16,7 @@ from prefect_acestep.stages.backends.protocol import ConditionSpec
 from prefect_acestep.stages.engine.loop import LoopRequest, run_loop
 from prefect_acestep.stages.engine.repaint import RepaintSeams
 from prefect_acestep.stages.geometry import SAMPLE_RATE
+from prefect_acestep.stages.vocabulary import KEYS, key_parts
 
 import audio_analysis as aa
 
@@ -66,6 +67,25 @@ def test_music_is_in_the_requested_key(turbo: EmbeddedBackend, keyscale: str) ->
         assert aa.in_scale_ratio(energy, key.tonic, key.mode) > aa.in_scale_ratio(energy, key.tonic, parallel) + 0.05
         assert aa.bass_pitch_class(wave, 0.1, 1.0) == key.tonic  # it opens ...
         assert aa.bass_pitch_class(wave, SECONDS - 1.0, SECONDS - 0.1) == key.tonic  # ... and cadences on the tonic
+
+
+KEY_FINDER_PIECES = [("pop song", 120), ("warm electric piano ballad with soft drums and a round bass", 96)]
+"""The full band at the semantic tests' tempo, and the demo deployment's caption and tempo."""
+
+
+@pytest.mark.parametrize("keyscale", KEYS)
+def test_a_standard_key_finder_names_every_requested_key(turbo: EmbeddedBackend, keyscale: str) -> None:
+    """Krumhansl-Schmuckler on the chroma of the decoded audio names the requested key, not its
+    dominant or relative key, for all 24 keys; the scale holds >= 80% of the tonal energy and the
+    onsets pulse at the requested tempo (within 5%)."""
+    tonic, mode = key_parts(keyscale)
+    for caption, bpm in KEY_FINDER_PIECES:
+        audio = turbo.vae_decode(_run(turbo, _spec(caption=caption, keyscale=keyscale, bpm=bpm), seeds=[1, 2]))
+        for seed, wave in zip((1, 2), audio):
+            energy = aa.pitch_class_energy(wave)
+            assert aa.find_key(energy) == (tonic, mode), (caption, seed)
+            assert aa.in_scale_ratio(energy, tonic, mode) >= 0.8, (caption, seed)
+            assert abs(aa.estimate_tempo(wave) - bpm) / bpm < 0.05, (caption, seed)
 
 
 @pytest.mark.parametrize(

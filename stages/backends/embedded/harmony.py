@@ -9,22 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from prefect_acestep.stages.errors import InvalidStageRequest
-
-Mode = Literal["major", "minor"]
-MODES: tuple[Mode, ...] = ("major", "minor")
-
-SCALES: dict[str, tuple[int, ...]] = {
-    "major": (0, 2, 4, 5, 7, 9, 11),
-    "minor": (0, 2, 3, 5, 7, 8, 10),  # natural minor: the scale the key tests check against
-}
-
-NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_ACCIDENTALS = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1}
-_MODE_WORDS = {"major": "major", "maj": "major", "minor": "minor", "min": "minor", "m": "minor"}
+from prefect_acestep.stages.vocabulary import KEY_MODES as MODES
+from prefect_acestep.stages.vocabulary import SCALES, key_name, key_parts
+from prefect_acestep.stages.vocabulary import KeyMode as Mode
 
 CHORD_WEIGHTS: dict[str, tuple[float, ...]] = {
     # scale degrees I..VII (triads built on each degree of the mode's scale); the diminished triad
@@ -33,12 +22,22 @@ CHORD_WEIGHTS: dict[str, tuple[float, ...]] = {
     "minor": (0.25, 0.0, 0.12, 0.20, 0.15, 0.15, 0.13),
 }
 CADENCE_TONIC_WEIGHT = 1.0
-"""Weight of the tonic in the first and last bar (and the melody's last note): the piece opens and
-closes on its key. It is certain, not just likely, because few-step sampling follows the initial
-noise more than the prior's weights."""
+"""Weight of the tonic in the first bar, in the closing bar (the last whole one, with any bar cut
+short after it) and on the melody's last note: the piece opens and closes on its key, and the
+closing chord is held. It is certain, not just likely, because few-step sampling follows the
+initial noise more than the prior's weights."""
+TONIC_PEDAL_WEIGHT = 0.8
+"""Under a chord that holds the tonic (IV and vi; iv and VI in minor), the share of bars in which the
+bass keeps the tonic as a pedal (IV/I, vi/I) instead of the chord's root: the bass is the loudest
+pitched part, and a key is heard from its bass more than from anything else. (Under chords without
+the tonic the bass plays the root, so a bass line always sounds a note of its chord.)"""
 PHRASE_BARS = 4
 PHRASE_TONIC_WEIGHT = 0.6
 """Weight of the tonic chord at the start of every later 4-bar phrase."""
+DOMINANT_DEGREE = 4
+"""The dominant (V) never follows a phrase's first bar: a phrase moves from the tonic, away from it
+(IV, ii, vi), to the dominant and back. Two bars of V in a four-bar piece read as the key of V (its
+root is the loudest bass note there, and the tonic chord's fifth too)."""
 
 DEGREE_WEIGHTS = (0.22, 0.10, 0.16, 0.10, 0.16, 0.10, 0.06)
 """Melody notes by scale degree: tonic, third and fifth most often."""
@@ -54,17 +53,16 @@ class Key:
 
     @property
     def name(self) -> str:
-        return f"{NOTE_NAMES[self.tonic]} {self.mode}"
+        return key_name(self.tonic, self.mode)
 
 
 def parse_keyscale(text: str) -> Key:
-    """``"F# minor"``, ``"Bb major"``, ``"a min"``, ``"C#m"`` -> Key."""
-    match = re.fullmatch(r"\s*([A-Ga-g])\s*([#♯b♭]?)\s*(major|minor|maj|min|m)?\s*", text, flags=re.IGNORECASE)
-    if match is None or match.group(3) is None:
-        raise InvalidStageRequest(f"keyscale {text!r} is not a key: expected e.g. 'C major' or 'F# minor'")
-    letter, accidental, mode = match.groups()
-    tonic = (_LETTERS[letter.upper()] + _ACCIDENTALS[accidental.lower()]) % 12
-    return Key(tonic=tonic, mode=_MODE_WORDS[mode.lower()])  # type: ignore[arg-type]
+    """``"F# minor"``, ``"Bb major"``, ``"a min"``, ``"C#m"`` -> Key (see ``vocabulary.key_parts``)."""
+    try:
+        tonic, mode = key_parts(text)
+    except ValueError as error:
+        raise InvalidStageRequest(f"keyscale {error}") from error
+    return Key(tonic=tonic, mode=mode)
 
 
 def parse_timesignature(text: str) -> int:
@@ -90,6 +88,3 @@ def triad(mode: Mode, degree: int) -> tuple[int, int, int]:
     scale = SCALES[mode]
     return scale[degree % 7], scale[(degree + 2) % 7], scale[(degree + 4) % 7]
 
-
-def scale_pitch_classes(key: Key) -> frozenset[int]:
-    return frozenset((key.tonic + step) % 12 for step in SCALES[key.mode])

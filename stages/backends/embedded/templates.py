@@ -20,10 +20,12 @@ from prefect_acestep.stages.backends.embedded.factors import Factor, Separable, 
 from prefect_acestep.stages.backends.embedded.harmony import (
     CADENCE_TONIC_WEIGHT,
     CHORD_WEIGHTS,
+    DOMINANT_DEGREE,
     DEGREE_WEIGHTS,
     PHRASE_BARS,
     PHRASE_TONIC_WEIGHT,
     SCALES,
+    TONIC_PEDAL_WEIGHT,
     Mode,
     triad,
 )
@@ -95,40 +97,66 @@ def _towards_tonic(usual: torch.Tensor, share: float) -> torch.Tensor:
     return weights
 
 
+def _pedal_degrees(mode: Mode) -> list[int]:
+    """The chords besides the tonic's that hold the tonic (IV and vi; iv and VI in minor): under
+    them the bass may keep the tonic as a pedal and still sound a note of the chord."""
+    return [degree for degree in range(1, 7) if 0 in triad(mode, degree)]
+
+
 def _bar_starts(timing: Timing, active: int) -> list[int]:
     beats = _beat_starts(timing, active)
     return beats[:: timing.beats]
 
 
+def _closing_bar(bars: list[int], timing: Timing, active: int) -> int:
+    """Index of the bar the piece closes in: the last whole bar (a bar cut short by the end of the
+    piece belongs to it), or the last bar when none is whole."""
+    bar_frames = timing.beat_frames * timing.beats
+    whole = [index for index, start in enumerate(bars) if start + bar_frames <= active + 1]
+    return whole[-1] if whole else len(bars) - 1
+
+
 @lru_cache(maxsize=64)
 def harmony_factor(style: Style, timing: Timing, mode: Mode, frames: int, active: int) -> Factor | None:
-    """One chord per bar over the bass/low/mid registers, held or re-struck on each beat."""
+    """One chord per bar over the bass/low/mid registers, held or re-struck on each beat, over its
+    root or, under the chords that hold the tonic, a tonic pedal in the bass (``_pedal_degrees``)."""
     parts = [p for p in HARMONY_PARTS if p in style.parts]
     if not parts or active == 0:
         return None
     channels = [c for p in parts for c in PART_CHANNELS[p]]
     position = {c: i for i, c in enumerate(channels)}
-    chords = torch.zeros(7, len(channels))
-    for degree in range(7):
+    # One vector per (chord, bass note): every degree over its root, then the pedal degrees over the tonic.
+    pedals = _pedal_degrees(mode)
+    voicings = [(degree, None) for degree in range(7)] + [(degree, 0) for degree in pedals]
+    vectors = torch.zeros(len(voicings), len(channels))
+    for row, (degree, bass_note) in enumerate(voicings):
         root, third, fifth = triad(mode, degree)
         for part in parts:
             register = HARMONY_REGISTER[part]
-            notes = (root,) if part == "bass" else (root, third, fifth)
+            notes = ((root if bass_note is None else bass_note),) if part == "bass" else (root, third, fifth)
             for pc in notes:
-                chords[degree, position[pitched_channel(register, pc)]] = PART_AMPLITUDE[part]
+                vectors[row, position[pitched_channel(register, pc)]] = PART_AMPLITUDE[part]
     env = _envelopes(timing, frames, active)
     shapes = torch.stack([env["sustain"], env["pulse"]])  # [2, T]
-    patterns = (chords[:, None, None, :] * shapes[None, :, :, None]).reshape(14, frames, len(channels))
-    options = torch.arange(14)  # option = 2 * degree + comping
-    separable = Separable(chords, shapes, options // 2, options % 2, (timing, frames, active))
+    count = 2 * len(voicings)  # option = 2 * voicing + comping
+    patterns = (vectors[:, None, None, :] * shapes[None, :, :, None]).reshape(count, frames, len(channels))
+    options = torch.arange(count)
+    separable = Separable(vectors, shapes, options // 2, options % 2, (timing, frames, active))
     bars = _bar_starts(timing, active)
     usual = torch.tensor(CHORD_WEIGHTS[mode], dtype=torch.float64)
     chord_w = usual.repeat(len(bars) + 1, 1)
     chord_w[0 : len(bars) : PHRASE_BARS] = _towards_tonic(usual, PHRASE_TONIC_WEIGHT)
+    chord_w[1 : len(bars) : PHRASE_BARS, DOMINANT_DEGREE] = 0.0  # tonic, then away from it, then the dominant
     chord_w[0] = _towards_tonic(usual, CADENCE_TONIC_WEIGHT)
-    chord_w[len(bars) - 1] = _towards_tonic(usual, CADENCE_TONIC_WEIGHT)
-    comp_w = torch.tensor([style.sustain, 1 - style.sustain], dtype=torch.float64)
-    weights = (chord_w[:, :, None] * comp_w[None, None, :]).reshape(len(bars) + 1, 14)
+    closing = _closing_bar(bars, timing, active)
+    chord_w[closing : len(bars)] = _towards_tonic(usual, CADENCE_TONIC_WEIGHT)
+    pedal = torch.zeros(7, dtype=torch.float64)
+    pedal[pedals] = TONIC_PEDAL_WEIGHT
+    voicing_w = torch.cat([chord_w * (1 - pedal), chord_w[:, pedals] * TONIC_PEDAL_WEIGHT], dim=1)
+    comp_w = torch.tensor([style.sustain, 1 - style.sustain], dtype=torch.float64).repeat(len(bars) + 1, 1)
+    if closing > 0:  # after a progression, the closing chord rings out
+        comp_w[closing : len(bars)] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    weights = (voicing_w[:, :, None] * comp_w[:, None, :]).reshape(len(bars) + 1, count)
     return Factor(
         channels=torch.tensor(channels),
         segment=_segments(bars, frames, active),
