@@ -1,19 +1,43 @@
-"""Pieces every flow shares: where audio goes, decoding results, the run's identity."""
+"""Pieces every flow shares: where audio goes, decoding results, the run's identity, checking a
+request before anything runs, and telling each stage's story (``RunStory``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
 
+from prefect import Task, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import BaseModel, ValidationError
 
 from prefect_acestep.stages.decode import existing_audio
+from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.forms import problem_lines
+from prefect_acestep.stages.params import StageParams
+from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.vocabulary import IMPORT_STAGE
+from prefect_acestep.tasks.artifacts import (
+    lineage_markdown,
+    problems_markdown,
+    publish_markdown,
+    publish_stage,
+    stage_log_line,
+)
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.listen import PREVIEW_SAMPLES, stage_listen_markdown
+from prefect_acestep.tasks.previews import Preview, preview_of
+from prefect_acestep.tasks.run_links import find_run_forms
 from prefect_acestep.tasks.store_tasks import decode_task
 
 AUDIO_DIR_ENV = "ACE_AUDIO_DIR"
 DEFAULT_AUDIO_DIR = "~/.prefect-acestep/audio"
+PROBLEMS_KEY = "acestep-request-problems"
+
+Request = TypeVar("Request", bound=BaseModel)
 
 
 def resolve_out_dir(out_dir: str | None) -> str:
@@ -27,6 +51,25 @@ def run_id() -> str:
     return str(flow_run.get_id())
 
 
+def validated(model: type[Request], value: Any, title: str) -> Request:
+    """``value`` as a ``model`` request, checked whole before anything runs. The flows take their
+    request unvalidated (``validate_parameters=False``) so that a rejected one fails here, with one
+    line per problem in the form's words (stage index, field title) in the error and in a short
+    markdown artifact, instead of in Prefect's parameter check."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        lines = problem_lines(error, model)
+        publish_markdown(problems_markdown(title, lines), key=PROBLEMS_KEY, description=f"{title}: the request's problems")
+        raise InvalidStageRequest("the request was not run:\n" + "\n".join(lines)) from None
+
+
+def run_stage(stage: Task[..., list[StageResult]], *args: Any, **kwargs: Any) -> tuple[list[StageResult], UUID | None]:
+    """Run a stage task; its results and its task run's id (the stage's artifacts are shown with it)."""
+    state = stage(*args, return_state=True, **kwargs)
+    return state.result(), state.state_details.task_run_id
+
+
 def with_audio(results: list[StageResult], store: AceLatentStore, out_dir: str, stem: str) -> list[StageResult]:
     """Decode the batch latent of ``results`` and attach each sample's file. A cached stage's
     audio that is already there is kept without a decode task (no model call, no task run)."""
@@ -35,3 +78,52 @@ def with_audio(results: list[StageResult], store: AceLatentStore, out_dir: str, 
     paths = [str(path) for path in found] if found is not None else decode_task(latent_id, store, out_dir, stem=stem)
     by_index = dict(enumerate(paths))
     return [result.model_copy(update={"audio_path": by_index[result.sample_index]}) for result in results]
+
+
+class RunStory:
+    """What one flow run tells about its stages: per stage one INFO log line, a table and, when
+    decoded, a page to listen and look; at the end a summary with every decoded stage's player and
+    the run-form links of every latent. The deployments the links open are looked up once, here."""
+
+    def __init__(self, block: AceLatentStore, store: str | None, out_dir: str | None) -> None:
+        self.block = block
+        self.store_name = store
+        carried = {name: value for name, value in (("store", store), ("out_dir", out_dir)) if value is not None}
+        self.forms = find_run_forms(carried)
+        self.links: dict[tuple[str, int], dict[str, str]] = {}
+        self.sources: dict[str, StageParams] = {}
+        self.previews: dict[int, dict[int, Preview]] = {}
+        self._records: dict[str, LatentRecord] = {}
+
+    def _record(self, latent_id: str) -> LatentRecord:
+        if latent_id not in self._records:
+            self._records[latent_id] = self.block.get_store().record(latent_id)
+        return self._records[latent_id]
+
+    def _learn(self, results: Sequence[StageResult]) -> None:
+        params = results[0].params
+        source = params.src_latent_id if params.src_latent_id is not None else params.src_audio_id
+        if source is not None and self._record(source).stage_type != IMPORT_STAGE:  # imported audio has no params
+            self.sources[source] = StageParams.model_validate(self._record(source).params)
+        if not self.forms.deployments:
+            return
+        for result in results:
+            for latent_id in (result.latent_id, *(c.latent_id for c in result.checkpoints)):
+                self.links[(latent_id, result.sample_index)] = self.forms.links(self._record(latent_id), result.sample_index)
+
+    def stage(self, index: int | None, results: list[StageResult], task_run_id: UUID | None, key: str) -> None:
+        """A stage is done (and decoded, if it is to be heard): log it and publish its artifacts."""
+        self._learn(results)
+        previews = {
+            r.sample_index: preview_of(r.audio_path) for r in results[:PREVIEW_SAMPLES] if r.audio_path is not None
+        }
+        listen = None
+        if previews:
+            self.previews[0 if index is None else index] = previews
+            listen = stage_listen_markdown(index, results, previews, self.links, str(self.block.root), self.store_name)
+        publish_stage(results, task_run_id, self.links, listen, key)
+        get_run_logger().info(stage_log_line(index, results))
+
+    def summary(self, title: str, hops: list[list[StageResult]], audio_dir: str, key: str) -> None:
+        markdown = lineage_markdown(title, hops, audio_dir, self.sources, self.links, self.previews)
+        publish_markdown(markdown, key=key, description=title)

@@ -4,37 +4,47 @@ from __future__ import annotations
 
 from prefect import flow
 
-from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
+from prefect_acestep.flows.common import RunStory, resolve_out_dir, run_id, run_stage, validated, with_audio
+from prefect_acestep.flows.run_names import custom_run_name
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
-from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.plan_tasks import plan_for_stage
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
+TITLE = "ACE-Step generate"
+
 
 def run_custom(
     request: GenerateRequest,
-    block: AceLatentStore,
+    store: str | None,
     out_dir: str | None,
     title: str,
     refresh_cache: bool = False,
 ) -> list[StageResult]:
     """The body of every one-stage flow (generate, simple, replay): the plan task first when the
     stage plans anew, then the stage task."""
+    block = AceLatentStore.resolve(store)
     params, plan = plan_for_stage(custom_to_params(request), block)
     audio_dir = resolve_out_dir(out_dir)
+    story = RunStory(block, store, out_dir)
     stage = stage_task_for(params, block)
     if refresh_cache:
         stage = stage.with_options(refresh_cache=True)
-    results = stage(params, block, pipeline_id=run_id(), plan=plan)
+    results, task_run_id = run_stage(stage, params, block, pipeline_id=run_id(), plan=plan)
     results = with_audio(results, block, audio_dir, stem=f"{params.stage_type}-{results[0].latent_id}")
-    publish_summary(title, [results], audio_dir, key="acestep-generate-summary")
+    story.stage(None, results, task_run_id, key="acestep-stage")
+    story.summary(title, [results], audio_dir, key="acestep-generate-summary")
     return results
 
 
-@flow(name="acestep-generate", description="Run one ACE-Step stage (custom mode): generate, resume, or an audio task.")
+@flow(
+    name="acestep-generate",
+    description="Run one ACE-Step stage (custom mode): generate, resume, or an audio task.",
+    flow_run_name=custom_run_name,
+    validate_parameters=False,
+)
 def generate_flow(request: GenerateRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
     """Run one stage. With ``init_latent_id`` it partially denoises that latent from ``t_start``, or
     resumes a checkpoint exactly (``t_start`` unset); ``checkpoint_steps`` stores intermediate states.
@@ -44,4 +54,4 @@ def generate_flow(request: GenerateRequest, store: str | None = None, out_dir: s
         store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
         out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
     """
-    return run_custom(request, AceLatentStore.resolve(store), out_dir, "ACE-Step generate")
+    return run_custom(validated(GenerateRequest, request, TITLE), store, out_dir, TITLE)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from prefect import flow
 
+from prefect_acestep.flows.run_names import gc_run_name
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.store_tasks import gc_task
 
 
-@flow(name="acestep-gc", description="Collect expired latents and evict to the byte budget (pins are kept).")
+@flow(
+    name="acestep-gc",
+    description="Collect expired latents and evict to the byte budget (pins are kept).",
+    flow_run_name=gc_run_name,
+)
 def gc_flow(store: str | None = None) -> GcReport:
     """Remove expired latents (and, with a byte budget, evict checkpoints then finals, least recently
     used first); pinned latents and their ancestors are kept.

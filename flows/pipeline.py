@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from prefect import flow
 
-from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
+from prefect_acestep.flows.common import RunStory, resolve_out_dir, run_id, run_stage, validated, with_audio
+from prefect_acestep.flows.run_names import pipeline_run_name
 from prefect_acestep.stages.requests import PipelineRequest
 from prefect_acestep.stages.results import StageResult
-from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.plan_tasks import plan_for_stage
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
+TITLE = "ACE-Step pipeline"
 
-@flow(name="acestep-pipeline", description="Run a linear pipeline of ACE-Step stages over stored latents.")
+
+@flow(
+    name="acestep-pipeline",
+    description="Run a linear pipeline of ACE-Step stages over stored latents.",
+    flow_run_name=pipeline_run_name,
+    validate_parameters=False,
+)
 def pipeline_flow(
     request: PipelineRequest, store: str | None = None, out_dir: str | None = None
 ) -> list[list[StageResult]]:
@@ -25,20 +32,24 @@ def pipeline_flow(
         store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
         out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
     """
+    request = validated(PipelineRequest, request, TITLE)
     block = AceLatentStore.resolve(store)
     audio_dir = resolve_out_dir(out_dir)
+    story = RunStory(block, store, out_dir)
     pipeline_id = run_id()
     stage_latents: dict[int, str] = {}
     hops: list[list[StageResult]] = []
     last = len(request.stages) - 1
     for index, stage in enumerate(request.stages):
         params, plan = plan_for_stage(request.stage_params(index), block)
-        results = stage_task_for(params, block)(
-            params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id, plan=plan
-        )
+        results, task_run_id = run_stage(
+            stage_task_for(params, block),
+            params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id, plan=plan,
+        )  # fmt: skip
         stage_latents[index] = results[0].latent_id
         if stage.preview or index == last:
             results = with_audio(results, block, audio_dir, stem=f"stage{index}-{params.stage_type}-{results[0].latent_id}")
+        story.stage(index, results, task_run_id, key=f"acestep-stage-{index}")
         hops.append(results)
-    publish_summary("ACE-Step pipeline", hops, audio_dir, key="acestep-pipeline-summary")
+    story.summary(TITLE, hops, audio_dir, key="acestep-pipeline-summary")
     return hops

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from prefect_acestep.flows.generate import run_custom
+from prefect_acestep.flows.run_names import replay_run_name
 from prefect_acestep.stages.conversions import params_to_custom
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.params import StageParams
@@ -14,7 +15,11 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
 
 
-@flow(name="acestep-replay", description="Re-run a stored latent's recorded params, optionally with overrides.")
+@flow(
+    name="acestep-replay",
+    description="Re-run a stored latent's recorded params, optionally with overrides.",
+    flow_run_name=replay_run_name,
+)
 def replay_flow(
     latent_id: str, overrides: dict[str, Any] | None = None, store: str | None = None, out_dir: str | None = None
 ) -> list[StageResult]:
@@ -34,4 +39,4 @@ def replay_flow(
         raise InvalidStageRequest(f"latent_id: {latent_id} is imported audio, not the output of a stage")
     params = StageParams.model_validate({**record.params, **(overrides if overrides is not None else {})})
     title = f"ACE-Step replay of {latent_id}" + ("" if not overrides else f" with {sorted(overrides)}")
-    return run_custom(params_to_custom(params), block, out_dir, title, refresh_cache=True)
+    return run_custom(params_to_custom(params), store, out_dir, title, refresh_cache=True)

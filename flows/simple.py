@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from prefect_acestep.flows.common import validated
 from prefect_acestep.flows.generate import run_custom
+from prefect_acestep.flows.run_names import simple_run_name
 from prefect_acestep.stages.conversions import simple_to_custom
 from prefect_acestep.stages.planning.registry import planner_for
 from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest
 from prefect_acestep.stages.results import StageResult
-from prefect_acestep.tasks.blocks import AceLatentStore
+
+TITLE = "ACE-Step simple"
 
 
 def planned_request(request: SimpleRequest) -> GenerateRequest:
@@ -33,7 +36,12 @@ def planned_request(request: SimpleRequest) -> GenerateRequest:
     return GenerateRequest.model_validate({**simple_to_custom(request).model_dump(), **switches})
 
 
-@flow(name="acestep-simple", description="Describe the music in words; the backend's planner fills the parameters.")
+@flow(
+    name="acestep-simple",
+    description="Describe the music in words; the backend's planner fills the parameters.",
+    flow_run_name=simple_run_name,
+    validate_parameters=False,
+)
 def simple_flow(request: SimpleRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
     """Plan the song from ``request.description`` (a plan task run), then run one generate stage;
     the plan is recorded as the latent's ``lm_metadata``.
@@ -43,4 +51,4 @@ def simple_flow(request: SimpleRequest, store: str | None = None, out_dir: str |
         store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
         out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR.
     """
-    return run_custom(planned_request(request), AceLatentStore.resolve(store), out_dir, "ACE-Step simple")
+    return run_custom(planned_request(validated(SimpleRequest, request, TITLE)), store, out_dir, TITLE)

@@ -18,6 +18,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
 from prefect_acestep.flows.common import resolve_out_dir, run_id
+from prefect_acestep.flows.run_names import variations_run_name
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
@@ -219,7 +220,11 @@ def ranking_rows(ranked: list[RankedSample]) -> list[dict[str, Any]]:
     ]
 
 
-@flow(name="acestep-variations", description="Run one stage for several seeds or parameter sets in parallel; rank.")
+@flow(
+    name="acestep-variations",
+    description="Run one stage for several seeds or parameter sets in parallel; rank.",
+    flow_run_name=variations_run_name,
+)
 def variations_flow(
     request: GenerateRequest,
     seeds: list[int] | None = None,

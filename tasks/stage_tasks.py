@@ -2,7 +2,9 @@
 
 A task adds only orchestration: the content-keyed cache (``prefect_acestep.tasks.cache``) with its records and
 locks beside the latent store, retries for transient failures only, the optional GPU concurrency
-slot, a live progress artifact, a stage table artifact, and run names and tags that say what ran.
+slot, a live progress artifact, and run names and tags that say what ran. Its stage table (and
+listen page) is published by the flow once the stage is decoded (``tasks.artifacts.publish_stage``),
+so the table names the audio, and a cached stage gets one too.
 Tasks take IDs and small pydantic models and return ``StageResult``s, never tensors.
 """
 
@@ -19,7 +21,7 @@ from prefect_acestep.stages.params import StageKind, StageParams
 from prefect_acestep.stages.planning.protocol import Plan
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.runner import Provenance, run_stage
-from prefect_acestep.tasks.artifacts import DiffusionProgress, publish_stage_table
+from prefect_acestep.tasks.artifacts import DiffusionProgress
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.cache import StageCachePolicy
 from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
@@ -68,7 +70,6 @@ def _run_stage_task(
             plan=plan,
             on_step=progress,
         )
-    publish_stage_table(results)
     return results
 
 

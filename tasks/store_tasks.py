@@ -7,12 +7,12 @@ and gc are quick metadata changes that either work or name the latent that is wr
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
 from prefect_acestep.stages.store import GcReport
+from prefect_acestep.tasks.artifacts import gc_markdown, publish_markdown
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
 from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
@@ -67,15 +67,7 @@ def unpin_task(latent_id: str, store: AceLatentStore) -> str:
 
 @task(name="gc", tags=["acestep", "maintenance"])
 def gc_task(store: AceLatentStore) -> GcReport:
-    """Collect expired latents (and evict to the byte budget); publish what was removed."""
+    """Collect expired latents (and evict to the byte budget); publish what was removed and why."""
     report = store.get_store().gc()
-    lines = [
-        f"# Latent store gc: {len(report.removed)} removed, {report.bytes_freed} bytes freed",
-        "",
-        f"Store: `{store.root}`",
-    ]
-    if report.removed:
-        lines += ["", "| latent | reason |", "|---|---|"]
-        lines += [f"| `{item.id}` | {item.reason} |" for item in report.removed]
-    create_markdown_artifact(markdown="\n".join(lines), key="acestep-gc", description="Latent store gc report")
+    publish_markdown(gc_markdown(report, store.root), key="acestep-gc", description="Latent store gc report")
     return report
