@@ -11,6 +11,7 @@ from uuid import UUID
 
 from prefect import Task, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from pydantic import BaseModel, ValidationError
 
 from prefect_acestep.stages.decode import existing_audio
@@ -51,17 +52,23 @@ def run_id() -> str:
     return str(flow_run.get_id())
 
 
-def validated(model: type[Request], value: Any, title: str) -> Request:
-    """``value`` as a ``model`` request, checked whole before anything runs. The flows take their
-    request unvalidated (``validate_parameters=False``) so that a rejected one fails here, with one
-    line per problem in the form's words (stage index, field title) in the error and in a short
-    markdown artifact, instead of in Prefect's parameter check."""
+def checked(model: type[Request], value: Any, title: str) -> Request | State:
+    """``value`` as a ``model`` request, checked whole before anything runs; or, when it has
+    problems, the Failed state the flow returns instead of running.
+
+    The flows take their request unvalidated (``validate_parameters=False``) so that a rejected one
+    is told here in the form's words, one line per problem naming the stage index and the field's
+    title: in the run's state message and an ERROR log line (no traceback: nothing broke, the input
+    was wrong), in a short markdown artifact, and as the ``InvalidStageRequest`` a Python caller gets.
+    """
     try:
         return model.model_validate(value)
     except ValidationError as error:
         lines = problem_lines(error, model)
-        publish_markdown(problems_markdown(title, lines), key=PROBLEMS_KEY, description=f"{title}: the request's problems")
-        raise InvalidStageRequest("the request was not run:\n" + "\n".join(lines)) from None
+    message = "The request was not run:\n" + "\n".join(lines)
+    publish_markdown(problems_markdown(title, lines), key=PROBLEMS_KEY, description=f"{title}: the request's problems")
+    get_run_logger().error(message)
+    return Failed(message=message, data=InvalidStageRequest(message))
 
 
 def run_stage(stage: Task[..., list[StageResult]], *args: Any, **kwargs: Any) -> tuple[list[StageResult], UUID | None]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
-from prefect_acestep.flows.common import RunStory, resolve_out_dir, run_id, run_stage, validated, with_audio
+from prefect_acestep.flows.common import RunStory, checked, resolve_out_dir, run_id, run_stage, with_audio
 from prefect_acestep.flows.run_names import custom_run_name
 from prefect_acestep.stages.conversions import custom_to_params
+from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -45,13 +47,16 @@ def run_custom(
     flow_run_name=custom_run_name,
     validate_parameters=False,
 )
-def generate_flow(request: GenerateRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
+def generate_flow(
+    request: GenerateRequest, store: Unsettable[str] = None, out_dir: Unsettable[str] = None
+) -> list[StageResult] | State:
     """Run one stage. With ``init_latent_id`` it partially denoises that latent from ``t_start``, or
     resumes a checkpoint exactly (``t_start`` unset); ``checkpoint_steps`` stores intermediate states.
 
     Args:
         request: The custom-mode request.
-        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
-        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
+        store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
     """
-    return run_custom(validated(GenerateRequest, request, TITLE), store, out_dir, TITLE)
+    request = checked(GenerateRequest, request, TITLE)
+    return request if isinstance(request, State) else run_custom(request, store, out_dir, TITLE)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
-from prefect_acestep.flows.common import RunStory, resolve_out_dir, run_id, run_stage, validated, with_audio
+from prefect_acestep.flows.common import RunStory, checked, resolve_out_dir, run_id, run_stage, with_audio
 from prefect_acestep.flows.run_names import pipeline_run_name
+from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.requests import PipelineRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -22,17 +24,20 @@ TITLE = "ACE-Step pipeline"
     validate_parameters=False,
 )
 def pipeline_flow(
-    request: PipelineRequest, store: str | None = None, out_dir: str | None = None
-) -> list[list[StageResult]]:
+    request: PipelineRequest, store: Unsettable[str] = None, out_dir: Unsettable[str] = None
+) -> list[list[StageResult]] | State:
     """Run the stages in order. Each stage's source resolves by ``src_latent_id > src_stage >
     src_audio_id > noise``; the final stage and every ``preview`` stage are decoded to audio files.
+    A request with problems runs nothing: the run fails naming each (``flows.common.checked``).
 
     Args:
         request: The pipeline: shared conditioning and run settings, then the stages.
-        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
-        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
+        store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
     """
-    request = validated(PipelineRequest, request, TITLE)
+    request = checked(PipelineRequest, request, TITLE)
+    if isinstance(request, State):
+        return request
     block = AceLatentStore.resolve(store)
     audio_dir = resolve_out_dir(out_dir)
     story = RunStory(block, store, out_dir)

@@ -10,6 +10,7 @@ from prefect_acestep.flows.generate import run_custom
 from prefect_acestep.flows.run_names import replay_run_name
 from prefect_acestep.stages.conversions import params_to_custom
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -21,7 +22,7 @@ from prefect_acestep.tasks.blocks import AceLatentStore
     flow_run_name=replay_run_name,
 )
 def replay_flow(
-    latent_id: str, overrides: dict[str, Any] | None = None, store: str | None = None, out_dir: str | None = None
+    latent_id: str, overrides: Unsettable[dict[str, Any]] = None, store: Unsettable[str] = None, out_dir: Unsettable[str] = None
 ) -> list[StageResult]:
     """Recompute the stage that made ``latent_id`` (its recorded effective params: drawn seed, source
     latent, schedule settings), bypassing the cache so the run really happens. With ``overrides``
@@ -29,9 +30,9 @@ def replay_flow(
 
     Args:
         latent_id: A stored final or checkpoint latent made by a stage.
-        overrides: StageParams fields to change; None replays exactly.
-        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
-        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR.
+        overrides: StageParams fields to change; Unset replays exactly.
+        store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR.
     """
     block = AceLatentStore.resolve(store)
     record = block.get_store().record(latent_id)

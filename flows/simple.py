@@ -10,11 +10,13 @@ caption).
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
-from prefect_acestep.flows.common import validated
+from prefect_acestep.flows.common import checked
 from prefect_acestep.flows.generate import run_custom
 from prefect_acestep.flows.run_names import simple_run_name
 from prefect_acestep.stages.conversions import simple_to_custom
+from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.planning.registry import planner_for
 from prefect_acestep.stages.requests import GenerateRequest, SimpleRequest
 from prefect_acestep.stages.results import StageResult
@@ -42,13 +44,18 @@ def planned_request(request: SimpleRequest) -> GenerateRequest:
     flow_run_name=simple_run_name,
     validate_parameters=False,
 )
-def simple_flow(request: SimpleRequest, store: str | None = None, out_dir: str | None = None) -> list[StageResult]:
+def simple_flow(
+    request: SimpleRequest, store: Unsettable[str] = None, out_dir: Unsettable[str] = None
+) -> list[StageResult] | State:
     """Plan the song from ``request.description`` (a plan task run), then run one generate stage;
     the plan is recorded as the latent's ``lm_metadata``.
 
     Args:
         request: The description and the few settings simple mode exposes.
-        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
-        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR.
+        store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR.
     """
-    return run_custom(planned_request(validated(SimpleRequest, request, TITLE)), store, out_dir, TITLE)
+    request = checked(SimpleRequest, request, TITLE)
+    if isinstance(request, State):
+        return request
+    return run_custom(planned_request(request), store, out_dir, TITLE)

@@ -21,6 +21,7 @@ from prefect_acestep.flows.common import resolve_out_dir, run_id
 from prefect_acestep.flows.run_names import variations_run_name
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
@@ -227,15 +228,15 @@ def ranking_rows(ranked: list[RankedSample]) -> list[dict[str, Any]]:
 )
 def variations_flow(
     request: GenerateRequest,
-    seeds: list[int] | None = None,
-    n: int | None = None,
-    param_sets: list[dict[str, Any]] | None = None,
+    seeds: Unsettable[list[int]] = None,
+    n: Unsettable[int] = None,
+    param_sets: Unsettable[list[dict[str, Any]]] = None,
     rank_by: RankMetric = "key_adherence",
-    store: str | None = None,
-    out_dir: str | None = None,
+    store: Unsettable[str] = None,
+    out_dir: Unsettable[str] = None,
     use_dask: bool = False,
     workers: int = 2,
-    dask_address: str | None = None,
+    dask_address: Unsettable[str] = None,
 ) -> list[RankedSample]:
     """Run ``request``'s stage once per variation in parallel, decode every sample, rank by ``rank_by``.
 
@@ -247,8 +248,8 @@ def variations_flow(
         param_sets: One variation per dict of request fields to override, e.g. {"guidance_scale": 5}.
         rank_by: key_adherence (share of tonal energy in the requested key; needs request.keyscale) or
             loudness (RMS dBFS). Higher ranks first.
-        store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
-        out_dir: Directory for the audio files; None uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
+        store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
+        out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
         use_dask: Fan out on Dask (prefect-dask) instead of Prefect's thread pool.
         workers: Threads, or local Dask worker processes (one thread each).
         dask_address: Address of a running Dask scheduler to use instead of a local cluster.

@@ -8,7 +8,8 @@ dressed for a person, by one hook every request model runs (``form_schema``):
   every other field follows in declaration order, so a field added later lands there by itself;
 - **titled choices**: a field that may be empty shows its choices by name instead of by type. Outside
   a pipeline stage, ``None`` is "Unset" and a value is "Set"; in a stage (``FORM_NONE_TITLE``)
-  ``None`` is "Inherit" (the pipeline's shared value) and ``""`` is "Unset";
+  ``None`` is "Inherit" (the pipeline's shared value) and ``""`` is "Unset". A flow's own optional
+  arguments get the same through ``Unsettable[T]``;
 - **ranges**: a number with both bounds says them in its description, from the bounds themselves.
 
 ``problem_lines`` turns a ``ValidationError`` into one line per problem that names the stage index,
@@ -17,12 +18,17 @@ the field's title and its JSON name, e.g. ``stage 1 (refine) · Source stage (sr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 SET, UNSET, INHERIT = "Set", "Unset", "Inherit"
+
+T = TypeVar("T")
+Unsettable = Union[Annotated[T, Field(title=SET)], Annotated[None, Field(title=UNSET)]]  # noqa: UP007
+"""``T | None`` whose form choices read "Set" and "Unset": for a flow's own arguments (``store``,
+``out_dir``), which Prefect turns into a form from the signature, outside any request model."""
 PROBLEMS = "request_problems"
 """Error type of the rules that look at several fields at once; its context holds the lines and
 the ``(field, message)`` pairs they were written from."""
@@ -59,7 +65,7 @@ def rule_problems(error: ValidationError) -> list[Problem] | None:
 
 
 def _number(value: float) -> str:
-    return f"{value:g}"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _range_text(member: dict[str, Any]) -> str | None:
@@ -69,8 +75,9 @@ def _range_text(member: dict[str, Any]) -> str | None:
     above = member.get("exclusiveMinimum")
     if high is None or (low is None and above is None):
         return None
-    start = f"from {_number(low)}" if low is not None else f"above {_number(above)}"
-    return f"Range: {start} to {_number(high)}."
+    if low is not None:
+        return f"Range: {_number(low)} to {_number(high)}."
+    return f"Range: above {_number(above)}, up to {_number(high)}."
 
 
 def _titled_choices(prop: dict[str, Any], none_title: str) -> None:

@@ -177,8 +177,8 @@ class Conditioning(StrictModel):
     keyscale: KeyScale = Field(
         "",
         title="Key / scale",
-        description="One of the 24 keys, e.g. 'F# minor' (other spellings such as 'Gb major' or 'f♯ min' are "
-        "accepted and written this way); empty = no key.",
+        description="One of the 24 keys, e.g. 'F# minor'; other spellings ('Gb major', 'f♯ min') are accepted "
+        "and stored under the key's one name. Empty = no key.",
     )
     timesignature: TimeSignature = Field(
         "", title="Time signature", description="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); empty = unset."
@@ -565,6 +565,6 @@ class StageParams(StageFields):
         le=MAX_STAGES - 1,
         title="Source stage",
         description="Index of an earlier stage of this pipeline whose result is the source; stages are numbered "
-        "from 0 in the order listed. Unset in a stage that needs a source (refine, cover, repaint, ...): the "
-        "stage just before it.",
+        "from 0 in the order listed. Left unset in a stage that needs a source (refine, cover, repaint, ...): "
+        "the stage just before it.",
     )

@@ -101,9 +101,11 @@ def _per_stage_field(name: str, info: FieldInfo) -> tuple[Any, FieldInfo]:
     and, for nullable fields, "" (explicitly unset)."""
     inner: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
     annotation = Union[inner, Literal[""], None] if _nullable(info) else Optional[inner]
-    inherit = "the pipeline's shared value" if name in SHARED_FIELDS else "the default"
-    unset = " Unset = none, whatever the pipeline shares." if _nullable(info) else ""
-    note = f"In a stage: Inherit = {inherit}.{unset}"
+    if name not in SHARED_FIELDS:
+        note = "In a stage: Inherit (or Unset) = the default." if _nullable(info) else "In a stage: Inherit = the default."
+    else:
+        unset = " Unset = none, whatever the pipeline shares." if _nullable(info) else ""
+        note = f"In a stage: Inherit = the pipeline's shared value.{unset}"
     return annotation, Field(None, title=info.title, description=f"{info.description} {note}")
 
 
