@@ -119,11 +119,16 @@ def problem_lines(error: ValidationError, model: type[BaseModel]) -> list[str]:
     field's title, ``<field>`` the request field's.
     """
     lines: list[str] = []
+    located: set[str] = set()
     for detail in error.errors():
         if detail["type"] == PROBLEMS:
             lines.extend(detail["ctx"]["problems"].split("\n"))
             continue
-        lines.append(f"{_where(model, detail['loc'])}: {detail['msg']}")
+        where = _where(model, detail["loc"])
+        if where in located:  # a value no choice of a field accepts: the first choice's reason says it
+            continue
+        located.add(where)
+        lines.append(f"{where}: {detail['msg'].removeprefix('Value error, ')}")
     return lines
 
 
@@ -143,7 +148,8 @@ def _where(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
             continue
         parts.append(field_label(current, name))
         current, position = None, position + 1
-    parts += [str(part) for part in loc[position:]]
+    # Past the field: list positions count; the rest names the union choice that was tried.
+    parts += [f"item {part}" for part in loc[position:] if isinstance(part, int)]
     return " · ".join(parts) if parts else "request"
 
 
