@@ -116,7 +116,8 @@ class RunStory:
             return
         for result in results:
             for latent_id in (result.latent_id, *(c.latent_id for c in result.checkpoints)):
-                self.links[(latent_id, result.sample_index)] = self.forms.links(self._record(latent_id), result.sample_index)
+                record = self._record(latent_id)
+                self.links[(latent_id, result.sample_index)] = self.forms.links(record, result.sample_index)
 
     def stage(self, index: int | None, results: list[StageResult], task_run_id: UUID | None, key: str) -> None:
         """A stage is done (and decoded, if it is to be heard): log it and publish its artifacts."""

@@ -53,7 +53,8 @@ def pipeline_flow(
         )  # fmt: skip
         stage_latents[index] = results[0].latent_id
         if stage.preview or index == last:
-            results = with_audio(results, block, audio_dir, stem=f"stage{index}-{params.stage_type}-{results[0].latent_id}")
+            stem = f"stage{index}-{params.stage_type}-{results[0].latent_id}"
+            results = with_audio(results, block, audio_dir, stem=stem)
         story.stage(index, results, task_run_id, key=f"acestep-stage-{index}")
         hops.append(results)
     story.summary(TITLE, hops, audio_dir, key="acestep-pipeline-summary")

@@ -22,7 +22,10 @@ from prefect_acestep.tasks.blocks import AceLatentStore
     flow_run_name=replay_run_name,
 )
 def replay_flow(
-    latent_id: str, overrides: Unsettable[dict[str, Any]] = None, store: Unsettable[str] = None, out_dir: Unsettable[str] = None
+    latent_id: str,
+    overrides: Unsettable[dict[str, Any]] = None,
+    store: Unsettable[str] = None,
+    out_dir: Unsettable[str] = None,
 ) -> list[StageResult]:
     """Recompute the stage that made ``latent_id`` (its recorded effective params: drawn seed, source
     latent, schedule settings), bypassing the cache so the run really happens. With ``overrides``

@@ -3,7 +3,7 @@
 
 Prefect calls these (``flow_run_name=``) with the run's parameters as it received them: a request
 model from Python, a JSON mapping from a deployment. A request that does not validate is named as
-such; the flow then rejects it with one line per problem (``flows.common.validated``).
+such; the flow then rejects it with one line per problem (``flows.common.checked``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def simple_run_name() -> str:
 
 def variations_run_name() -> str:
     request = _request(GenerateRequest)
-    return "variations · invalid request" if request is None else f"{short(request.caption)} · {request.stage_type} variations"
+    if request is None:
+        return "variations · invalid request"
+    return f"{short(request.caption)} · {request.stage_type} variations"
 
 
 def replay_run_name() -> str:

@@ -102,7 +102,8 @@ def _per_stage_field(name: str, info: FieldInfo) -> tuple[Any, FieldInfo]:
     inner: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
     annotation = Union[inner, Literal[""], None] if _nullable(info) else Optional[inner]
     if name not in SHARED_FIELDS:
-        note = "In a stage: Inherit (or Unset) = the default." if _nullable(info) else "In a stage: Inherit = the default."
+        choices = "Inherit (or Unset)" if _nullable(info) else "Inherit"
+        note = f"In a stage: {choices} = the default."
     else:
         unset = " Unset = none, whatever the pipeline shares." if _nullable(info) else ""
         note = f"In a stage: Inherit = the pipeline's shared value.{unset}"
@@ -185,7 +186,8 @@ class PipelineRequest(LmSettings, RunSettings, Conditioning):
             except ValidationError as error:
                 lines.extend(self._stage_lines(index, error))
                 continue
-            lines.extend(self._stage_line(index, problem) for problem in self._source_problems(index, params, effective))
+            problems = self._source_problems(index, params, effective)
+            lines.extend(self._stage_line(index, problem) for problem in problems)
         if lines:
             raise problems_error(lines)
         return self
@@ -197,7 +199,8 @@ class PipelineRequest(LmSettings, RunSettings, Conditioning):
 
     def _stage_line(self, index: int, problem: Problem) -> str:
         field, message = problem
-        return f"{self._stage_prefix(index)}{field_label(PipelineStage, STAGE_ONLY_RENAMES.get(field, field))}: {message}"
+        label = field_label(PipelineStage, STAGE_ONLY_RENAMES.get(field, field))
+        return f"{self._stage_prefix(index)}{label}: {message}"
 
     def _stage_lines(self, index: int, error: ValidationError) -> list[str]:
         problems = rule_problems(error)
@@ -213,7 +216,8 @@ class PipelineRequest(LmSettings, RunSettings, Conditioning):
             return []
         if params.src_stage >= index:
             earlier = f"the earlier ones are 0..{index - 1}" if index > 0 else "this is the first stage"
-            return [("src_stage", f"{params.src_stage} is not an earlier stage (stages are numbered from 0; {earlier})")]
+            message = f"{params.src_stage} is not an earlier stage (stages are numbered from 0; {earlier})"
+            return [("src_stage", message)]
         if resolve_source(params).kind != "stage":
             return []
         source = effective.get(params.src_stage)

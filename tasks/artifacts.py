@@ -161,7 +161,7 @@ def lineage_markdown(
     if notes:
         lines += ["", "**Differs from its source:**", "", *notes]
     if audio_dir is not None:
-        audio = [f"- {index}: `{r.audio_path}`" for index, hop in enumerate(hops) for r in hop if r.audio_path is not None]
+        audio = [f"- {i}: `{r.audio_path}`" for i, hop in enumerate(hops) for r in hop if r.audio_path is not None]
         lines += ["", f"**Audio files** (in `{audio_dir}` on the worker):", "", *audio]
     listen = listen_section(hops, {} if previews is None else previews, found)
     if listen:
@@ -172,7 +172,8 @@ def lineage_markdown(
 def gc_markdown(report: GcReport, root: str) -> str:
     """What a gc removed and why, latent by latent, then the totals."""
     why = {"expired": "expired (its TTL ran out)", "evicted": "evicted (the store was over its byte budget)"}
-    lines = [f"# Latent store gc: {len(report.removed)} removed, {report.bytes_freed} bytes freed", "", f"Store: `{root}`"]
+    title = f"# Latent store gc: {len(report.removed)} removed, {report.bytes_freed} bytes freed"
+    lines = [title, "", f"Store: `{root}`"]
     if report.removed:
         counts = {reason: sum(item.reason == reason for item in report.removed) for reason in why}
         lines += ["", ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)]
