@@ -200,6 +200,21 @@ def test_artifacts_show_the_latent_ids(ui_stack, browser):
     assert sorted(seen) == sorted(latent_ids)
 
 
+def _submit(browser, api: Api, deployment_id: str, processes: Processes) -> dict:
+    """Press the run form's Submit; the flow run it created."""
+    from selenium.webdriver.common.by import By
+
+    submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
+    submit.click()
+
+    def created() -> dict | None:
+        runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+        return runs[0] if runs else None
+
+    return wait_for("the flow run the form created", created, timeout=30, processes=processes)
+
+
 def _flow_run_of(root: Path, hops: list) -> str:
     return _store(root).record(hops[0][0]["latent_id"]).flow_run_id
 
@@ -286,15 +301,7 @@ def test_resume_link_opens_a_filled_form_that_runs_to_a_bit_identical_latent(ui_
     values = browser.execute_script("return [...document.querySelectorAll('textarea, input')].map(e => e.value)")
     assert checkpoint in values and SHORT_SONG["caption"] in values
     _shoot(browser, "resume-form")
-    submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
-    submit.click()
-
-    def resumed_run() -> dict | None:
-        runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [custom["id"]]}}})
-        return runs[0] if runs else None
-
-    run = wait_for("the resumed flow run", resumed_run, timeout=30, processes=processes)
+    run = _submit(browser, api, custom["id"], processes)
     api.wait_completed(run["id"], processes, timeout=180)
     [row] = [row for a in api.artifacts(run["id"]) if a["type"] == "table" for row in table_rows(a)]
     store = _store(root)
@@ -308,23 +315,19 @@ def test_resume_link_opens_a_filled_form_that_runs_to_a_bit_identical_latent(ui_
 def test_a_mistake_is_reported_before_the_run_with_the_stage_index(ui_stack, browser):
     """A pipeline with two broken stages, submitted from the demo form, fails before any stage runs:
     the run's state, its log and an artifact name each problem by stage index and field title."""
-    from selenium.webdriver.common.by import By
-
     base, _, processes, _ = ui_stack
     api = Api(f"{base}/api")
     demo = api.deployment("acestep-pipeline", "demo")
     parameters = quote(json.dumps({"request": MISTAKES}, separators=(",", ":")), safe="")
     browser.get(f"{base}/deployments/deployment/{demo['id']}/run?parameters={parameters}")
     _wait_text(browser, "Parameters")
-    submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
-    submit.click()
+    run = _submit(browser, api, demo["id"], processes)
 
-    def failed_run() -> dict | None:
-        runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [demo["id"]]}}})
-        return runs[0] if runs and runs[0]["state_type"] in {"FAILED", "CRASHED", "COMPLETED"} else None
+    def finished() -> dict | None:
+        found = api.flow_run(run["id"])
+        return found if found["state_type"] in {"FAILED", "CRASHED", "COMPLETED"} else None
 
-    run = wait_for("the refused flow run to finish", failed_run, timeout=180, processes=processes)
+    run = wait_for("the refused flow run to finish", finished, timeout=180, processes=processes)
     expected = [
         "stage 1 (refine) · Source stage (src_stage): 3 is not an earlier stage",
         "stage 2 (repaint) · Repaint end (s) (repainting_end): 6 s is past the end of the clip: its Duration (s) is 2 s",
