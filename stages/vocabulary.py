@@ -204,6 +204,13 @@ KEYS: tuple[str, ...] = tuple(
 )
 """The 24 keys as the forms list them, by tonic: ``C major``, ``C minor``, ``Db major``, ``C# minor``, ..."""
 
+ACESTEP_KEYSCALES: tuple[str, ...] = tuple(
+    f"{note}{accidental} {mode}" for note in "ABCDEFG" for accidental in ("", "#", "b", "♯", "♭") for mode in KEY_MODES
+)
+"""ACE-Step 1.5's 70 key/scale names (``B♭ major``, ``E# minor``, ...): the spellings its 5 Hz LM was
+trained to write, so its constrained decoding allows exactly these. Each names one of ``KEYS``, which
+is what a request stores."""
+
 _LETTERS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 _ACCIDENTALS = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1}
 _MODE_WORDS: dict[str, KeyMode] = {"major": "major", "maj": "major", "minor": "minor", "min": "minor", "m": "minor"}

@@ -17,7 +17,7 @@ from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, PipelineStage, SimpleRequest
 from prefect_acestep.stages.runner import run_stage
 from prefect_acestep.stages.store import LatentStore
-from prefect_acestep.stages.vocabulary import KEYS, key_parts, normalise_keyscale
+from prefect_acestep.stages.vocabulary import ACESTEP_KEYSCALES, KEYS, key_parts, normalise_keyscale
 from test_conversions import custom_requests
 
 # --- keys --------------------------------------------------------------------------------------
@@ -53,6 +53,11 @@ def test_something_that_is_not_a_key_is_refused_with_the_expected_form() -> None
         StageParams(keyscale="H major")
     with pytest.raises(ValueError, match="is not a key"):
         normalise_keyscale("C")  # a key names its mode
+
+
+def test_every_acestep_spelling_names_one_of_the_keys() -> None:
+    """What ACE-Step's 5 Hz LM may write (its 70 spellings) always lands on one of the 24 keys."""
+    assert {normalise_keyscale(spelling) for spelling in ACESTEP_KEYSCALES} == set(KEYS)
 
 
 def test_old_spellings_in_recorded_params_still_restore() -> None:

@@ -30,7 +30,8 @@ from prefect_acestep.stages.backends.protocol import ConditionSpec  # noqa: E402
 from prefect_acestep.stages.conversions import custom_to_params, restore  # noqa: E402
 from prefect_acestep.stages.engine.context import build_task_context  # noqa: E402
 from prefect_acestep.stages.errors import InvalidStageRequest, PlannerUnavailable  # noqa: E402
-from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANGUAGES, StageParams  # noqa: E402
+from prefect_acestep.stages.params import TIME_SIGNATURES, VOCAL_LANGUAGES, StageParams  # noqa: E402
+from prefect_acestep.stages.vocabulary import ACESTEP_KEYSCALES  # noqa: E402
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_count, format_audio_codes  # noqa: E402
 from prefect_acestep.stages.planning.protocol import Plan, PlannerIdentity, PlanRequest  # noqa: E402
 from prefect_acestep.stages.planning.registry import planner_for, planner_identity, register_planner  # noqa: E402
@@ -132,7 +133,7 @@ def test_random_weights_still_write_a_well_formed_plan(lm: AceStepLmPlanner, sam
     found = parse_cot(block)
     assert set(found) == LM_FIELDS and found == plan.metadata
     assert 30 <= found["bpm"] <= 300 and 10 <= found["duration"] <= 600
-    assert found["keyscale"] in KEYSCALES and found["language"] in VOCAL_LANGUAGES
+    assert found["keyscale"] in ACESTEP_KEYSCALES and found["language"] in VOCAL_LANGUAGES
     assert found["timesignature"] in TIME_SIGNATURES
     duration = sampling.get("duration", 10.0)
     expected = code_count(duration if duration is not None else found["duration"])

@@ -17,8 +17,9 @@ import torch
 from prefect_acestep.stages.planning.lm.cot import format_cot
 from prefect_acestep.stages.planning.lm.prompts import LM_INSTRUCTION
 from prefect_acestep.stages.backends.acestep.loading import require_extra
-from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANGUAGES
+from prefect_acestep.stages.params import TIME_SIGNATURES, VOCAL_LANGUAGES
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_token
+from prefect_acestep.stages.vocabulary import ACESTEP_KEYSCALES
 
 WIDTH = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 GEOMETRY_1_7B = dict(hidden_size=2048, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8,
@@ -82,7 +83,7 @@ def _corpus() -> list[str]:
         f"# Instruction\n{LM_INSTRUCTION}\n\n# Caption\nupbeat pop with piano and drums\n\n# Lyric\n[verse]\nla la\n",
         format_cot(metas),
         " ".join(str(value) for value in range(10, 601)),
-        " ".join(KEYSCALES),
+        " ".join(ACESTEP_KEYSCALES),
         " ".join(VOCAL_LANGUAGES),
         " ".join(TIME_SIGNATURES),
     ]

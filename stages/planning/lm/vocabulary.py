@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from prefect_acestep.stages.params import KEYSCALES, TIME_SIGNATURES, VOCAL_LANGUAGES
+from prefect_acestep.stages.params import TIME_SIGNATURES, VOCAL_LANGUAGES
 from prefect_acestep.stages.planning.codes import CODEBOOK_SIZE, code_token
+from prefect_acestep.stages.vocabulary import ACESTEP_KEYSCALES
 
 BPM_RANGE = (30, 300)
 DURATION_RANGE = (10, 600)
@@ -73,7 +74,7 @@ class LmVocabulary:
                    {"bpm": BPM_RANGE, "duration": DURATION_RANGE}.items()}  # fmt: skip
         self.tries = {
             **{name: self._trie(name, values) for name, values in numbers.items()},
-            "keyscale": self._trie("keyscale", list(KEYSCALES)),
+            "keyscale": self._trie("keyscale", list(ACESTEP_KEYSCALES)),
             "language": self._trie("language", list(VOCAL_LANGUAGES)),
             "timesignature": self._trie("timesignature", list(TIME_SIGNATURES)),
         }
