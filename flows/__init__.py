@@ -1,4 +1,10 @@
-"""Prefect flows of prefect-acestep: pipeline, generate (custom), simple, replay and gc."""
+"""Prefect flows of prefect-acestep: pipeline, generate (custom), simple, replay and gc.
+
+The modules that define flows do not use ``from __future__ import annotations``: Prefect may run a
+flow pickled by value (a flow served from a script), and there a string annotation cannot be
+resolved, since the pickled function's globals hold only the names its body uses; so the flow
+signatures are real types.
+"""
 
 from prefect_acestep.flows.generate import generate_flow
 from prefect_acestep.flows.maintenance import gc_flow

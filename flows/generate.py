@@ -1,6 +1,6 @@
 """Custom mode: one stage, from noise or resumed from a stored latent, with checkpoints."""
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from prefect import flow
 from prefect.states import State

@@ -1,6 +1,6 @@
 """Maintenance: the store's TTL and byte-budget collection, run on a schedule by a deployment."""
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from prefect import flow
 

@@ -1,6 +1,6 @@
 """Pipeline mode: linear stages, each one task run, chained by latent IDs."""
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from prefect import flow
 from prefect.states import State

@@ -1,6 +1,6 @@
 """Replay: re-run the exact params a stored latent recorded, or a branch of them with overrides."""
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from typing import Any
 

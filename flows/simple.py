@@ -7,7 +7,7 @@ folder must be configured, ``ACESTEP_LM_DIR``); on ``embedded`` it is the rule r
 caption).
 """
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from prefect import flow
 from prefect.states import State

@@ -8,7 +8,7 @@ followed by a scoring task that decodes its samples and measures them (``prefect
 ranking lands in a table artifact; the flow returns it too.
 """
 
-from __future__ import annotations
+# Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
 from typing import Any
 
