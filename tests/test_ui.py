@@ -201,12 +201,21 @@ def test_artifacts_show_the_latent_ids(ui_stack, browser):
 
 
 def _submit(browser, api: Api, deployment_id: str, processes: Processes) -> dict:
-    """Press the run form's Submit; the flow run it created."""
+    """Press the run form's Submit once the form is ready; the flow run it created. The UI leaves
+    the form for the deployment's page when the API took the run."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
+    locator = (By.XPATH, "//button[normalize-space(.)='Submit']")
+    submit = WebDriverWait(browser, 60).until(expected_conditions.element_to_be_clickable(locator))
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
     submit.click()
+    try:
+        WebDriverWait(browser, 60).until(lambda driver: "/run" not in driver.current_url)
+    except Exception:
+        browser.save_screenshot(str(SHOTS / "submit-refused.png"))
+        raise AssertionError(f"the form did not submit; page text:\n{_page_text(browser)[-3000:]}") from None
 
     def created() -> dict | None:
         runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
