@@ -2,8 +2,15 @@
 
 A task adds only orchestration: the content-keyed cache (``prefect_acestep.tasks.cache``) with its records and
 locks beside the latent store, retries for transient failures only, the optional GPU concurrency
-slot, a live progress artifact, a stage table artifact, and run names and tags that say what ran.
+slot, a live progress artifact, a stage table artifact, and run names that say what ran.
 Tasks take IDs and small pydantic models and return ``StageResult``s, never tensors.
+
+The tasks carry no tags. Prefect checks the tag-based concurrency limits of every tagged task run
+with an API call (a lease request), also when no limit exists; on the default SQLite server that
+call was the largest part of a stage's orchestration cost, and a busy server answered it 503, which
+Prefect's client retries after seconds. What the tags said (stage type, backend, variant) is in the
+run name (``refine[1] seed=43 embedded/turbo``) and in the stage table; concurrency of backend work
+is limited with ``ACE_GPU_CONCURRENCY_LIMIT`` (``prefect_acestep.tasks.concurrency``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from prefect_acestep.tasks.cache import StageCachePolicy
 from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
 from prefect_acestep.tasks.logbridge import install_loguru_bridge
+from prefect_acestep.tasks.publishing import publisher
 from prefect_acestep.tasks.retries import TRANSIENT_RETRIES
 
 install_loguru_bridge()
@@ -36,7 +44,7 @@ def _run_name() -> str:
     index = parameters.get("stage_index")
     where = "" if index is None else f"[{index}]"
     seed = "random" if params.seed == -1 else str(params.seed)
-    return f"{params.stage_type}{where} seed={seed}"
+    return f"{params.stage_type}{where} seed={seed} {params.backend}/{params.variant}"
 
 
 def _current_run_ids() -> tuple[str | None, str | None]:
@@ -59,16 +67,19 @@ def _run_stage_task(
         pipeline_id=pipeline_id, stage_index=stage_index, flow_run_id=flow_run_id, task_run_id=task_run_id
     )
     progress = DiffusionProgress(f"{params.stage_type} diffusion")
-    with backend_slot(configured_limit()):
-        results = run_stage(
-            params,
-            store.get_store(),
-            stage_latents=stage_latents,
-            provenance=provenance,
-            plan=plan,
-            on_step=progress,
-        )
-    publish_stage_table(results)
+    try:
+        with backend_slot(configured_limit()):
+            results = run_stage(
+                params,
+                store.get_store(),
+                stage_latents=stage_latents,
+                provenance=provenance,
+                plan=plan,
+                on_step=progress,
+            )
+        publish_stage_table(results)
+    finally:
+        publisher().task_done()
     return results
 
 
@@ -78,7 +89,6 @@ def _stage_task(stage_type: str) -> Task[..., list[StageResult]]:
         name=stage_type,
         task_run_name=_run_name,
         description=f"Run one {stage_type} stage and store its latents.",
-        tags=["acestep", f"stage:{stage_type}"],
         cache_policy=StageCachePolicy(),
         **TRANSIENT_RETRIES,
         persist_result=True,
@@ -99,7 +109,7 @@ complete_task = STAGE_TASKS["complete"]
 def stage_task_for(params: StageParams, store: AceLatentStore) -> Task[..., list[StageResult]]:
     """The task for ``params``' stage type, configured for ``store``: cache records, results and
     locks live beside the latents (so every worker sharing the store shares the cache), cache
-    lifetime follows the store's TTL, and tags carry backend and variant."""
+    lifetime follows the store's TTL."""
     storage = cache_storage(store)  # local dirs, or beside a remote store (see tasks.cache_storage)
     policy = StageCachePolicy().configure(
         key_storage=storage.key_storage,
@@ -110,5 +120,4 @@ def stage_task_for(params: StageParams, store: AceLatentStore) -> Task[..., list
         cache_policy=policy,
         cache_expiration=timedelta(hours=store.ttl_hours),
         result_storage=storage.result_storage,
-        tags=["acestep", f"stage:{params.stage_type}", f"backend:{params.backend}", f"variant:{params.variant}"],
     )
