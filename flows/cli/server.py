@@ -59,8 +59,9 @@ from prefect_acestep.flows.cli.output import emit
 
 EPHEMERAL_START_LIMIT_S = 300
 """Start limit of a temporary server (Prefect counts it in its 0.1 s polling steps, so the wall
-time allowed is at least this). A cold start took about 16 s on an otherwise busy 2-core machine
-and about 60 s with two extra CPU-burning processes."""
+time allowed is at least this). On a shared 2-core machine running two extra CPU-burning processes
+a cold start took about 20 s, and Prefect's own limit (20 polling seconds) failed 2 tries of 2;
+this one fits a machine many times slower and still ends a start that hangs."""
 
 HEALTH_TIMEOUT_S = 2.0
 START_HINT = "prefect-acestep server start"
