@@ -26,6 +26,7 @@ import atexit
 import contextvars
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,8 +123,9 @@ class Publisher:
         """Wait until everything queued so far is sent; return (and forget) the refused writes."""
         with self._lock:
             pending = [*self._queue, *([self._sending] if self._sending is not None else [])]
+        deadline = None if timeout is None else time.monotonic() + timeout
         for write in pending:
-            write.done.wait(timeout)
+            write.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._lock:
             errors, self._errors = self._errors, []
         return errors
