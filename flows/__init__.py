@@ -7,8 +7,9 @@ defaults before Prefect reads its settings.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_acestep.lazy import lazy_names
 
 _FLOWS: dict[str, str] = {
     "gc_flow": "prefect_acestep.flows.maintenance",
@@ -30,14 +31,4 @@ if TYPE_CHECKING:
     from prefect_acestep.flows.variations import variations_flow
 
 
-def __getattr__(name: str) -> Any:
-    module = _FLOWS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prefect_acestep.flows' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_FLOWS))
+__getattr__, __dir__ = lazy_names(__name__, _FLOWS, globals())
