@@ -15,12 +15,16 @@ is limited with ``ACE_GPU_CONCURRENCY_LIMIT`` (``prefect_acestep.tasks.concurren
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from datetime import timedelta
 from typing import get_args
 
 from prefect import Task, task
 from prefect.runtime import task_run as current_task_run
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.settings import PREFECT_API_URL
 
 from prefect_acestep.stages.params import StageKind, StageParams
 from prefect_acestep.stages.planning.protocol import Plan
@@ -29,7 +33,7 @@ from prefect_acestep.stages.runner import Provenance, run_stage
 from prefect_acestep.tasks.artifacts import DiffusionProgress, publish_stage_table
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.cache import StageCachePolicy
-from prefect_acestep.tasks.cache_storage import CACHE_DIR, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
+from prefect_acestep.tasks.cache_storage import CACHE_DIR, LOCK_MANAGER_ENV, cache_storage  # noqa: F401 (CACHE_DIR re-exported)
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
 from prefect_acestep.tasks.logbridge import install_loguru_bridge
 from prefect_acestep.tasks.publishing import publisher
@@ -106,18 +110,34 @@ lego_task = STAGE_TASKS["lego"]
 complete_task = STAGE_TASKS["complete"]
 
 
+_configured: dict[tuple[str, ...], Task[..., list[StageResult]]] = {}
+_configured_lock = threading.Lock()
+
+
 def stage_task_for(params: StageParams, store: AceLatentStore) -> Task[..., list[StageResult]]:
     """The task for ``params``' stage type, configured for ``store``: cache records, results and
     locks live beside the latents (so every worker sharing the store shares the cache), cache
-    lifetime follows the store's TTL."""
-    storage = cache_storage(store)  # local dirs, or beside a remote store (see tasks.cache_storage)
-    policy = StageCachePolicy().configure(
-        key_storage=storage.key_storage,
-        lock_manager=storage.lock_manager,
-        isolation_level="SERIALIZABLE",
-    )
-    return STAGE_TASKS[params.stage_type].with_options(
-        cache_policy=policy,
-        cache_expiration=timedelta(hours=store.ttl_hours),
-        result_storage=storage.result_storage,
-    )
+    lifetime follows the store's TTL.
+
+    Configuring a task costs several milliseconds (Prefect builds a validation model for it), and a
+    pipeline asks for one per stage, so each configuration is made once per process: per stage
+    type, store, Prefect API (where a remote store's result block is saved) and lock manager."""
+    key = (
+        params.stage_type, store.root, json.dumps(store.storage_options, sort_keys=True, default=repr),
+        repr(store.ttl_hours), str(PREFECT_API_URL.value()), os.environ.get(LOCK_MANAGER_ENV, ""),
+    )  # fmt: skip
+    with _configured_lock:
+        task = _configured.get(key)
+        if task is None:
+            storage = cache_storage(store)  # local dirs, or beside a remote store (see tasks.cache_storage)
+            policy = StageCachePolicy().configure(
+                key_storage=storage.key_storage,
+                lock_manager=storage.lock_manager,
+                isolation_level="SERIALIZABLE",
+            )
+            task = _configured[key] = STAGE_TASKS[params.stage_type].with_options(
+                cache_policy=policy,
+                cache_expiration=timedelta(hours=store.ttl_hours),
+                result_storage=storage.result_storage,
+            )
+        return task

@@ -17,9 +17,10 @@ The server, first match wins:
 ``prefect-acestep server start`` keeps a local server running: ``prefect server start`` in its own
 session, its output in ``$PREFECT_HOME/server.log``, its pid in ``$PREFECT_HOME/server.pid`` (where
 ``prefect server stop`` looks too), and it returns once the server answers. Prefect's own
-``prefect server start --background`` leaves the server writing into pipes that nobody reads once
-the starting command has exited; on a machine without network its first log line (the telemetry
-error) killed it, so the command here sends the output to a file instead.
+``prefect server start --background`` (3.9.1) hands the server pipes for its output that nobody
+reads once the starting command has exited, and returns before the server answers; tried here on a
+machine without network and with Prefect's telemetry on, that server exited within seconds, its
+first output being the telemetry error. Here the output goes to a file, and telemetry is off.
 
 Flow heartbeats: Prefect's flow engine sends a heartbeat event every 180 s from a thread that
 sleeps in one-second steps, and joins that thread when a flow ends, so every flow returns up to a
