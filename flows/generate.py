@@ -11,6 +11,7 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.plan_tasks import plan_for_stage
+from prefect_acestep.tasks.publishing import sending_artifacts
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
@@ -28,9 +29,10 @@ def run_custom(
     stage = stage_task_for(params, block)
     if refresh_cache:
         stage = stage.with_options(refresh_cache=True)
-    results = stage(params, block, pipeline_id=run_id(), plan=plan)
-    results = with_audio(results, block, audio_dir, stem=f"{params.stage_type}-{results[0].latent_id}")
-    publish_summary(title, [results], audio_dir, key="acestep-generate-summary")
+    with sending_artifacts():
+        results = stage(params, block, pipeline_id=run_id(), plan=plan)
+        results = with_audio(results, block, audio_dir, stem=f"{params.stage_type}-{results[0].latent_id}")
+        publish_summary(title, [results], audio_dir, key="acestep-generate-summary")
     return results
 
 

@@ -6,6 +6,7 @@ from prefect import flow
 
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.publishing import sending_artifacts
 from prefect_acestep.tasks.store_tasks import gc_task
 
 
@@ -17,4 +18,5 @@ def gc_flow(store: str | None = None) -> GcReport:
     Args:
         store: Name of a saved ACE Latent Store block; None uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
     """
-    return gc_task(AceLatentStore.resolve(store))
+    with sending_artifacts():
+        return gc_task(AceLatentStore.resolve(store))

@@ -10,6 +10,7 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.plan_tasks import plan_for_stage
+from prefect_acestep.tasks.publishing import sending_artifacts
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 
 
@@ -31,14 +32,16 @@ def pipeline_flow(
     stage_latents: dict[int, str] = {}
     hops: list[list[StageResult]] = []
     last = len(request.stages) - 1
-    for index, stage in enumerate(request.stages):
-        params, plan = plan_for_stage(request.stage_params(index), block)
-        results = stage_task_for(params, block)(
-            params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id, plan=plan
-        )
-        stage_latents[index] = results[0].latent_id
-        if stage.preview or index == last:
-            results = with_audio(results, block, audio_dir, stem=f"stage{index}-{params.stage_type}-{results[0].latent_id}")
-        hops.append(results)
-    publish_summary("ACE-Step pipeline", hops, audio_dir, key="acestep-pipeline-summary")
+    with sending_artifacts():
+        for index, stage in enumerate(request.stages):
+            params, plan = plan_for_stage(request.stage_params(index), block)
+            results = stage_task_for(params, block)(
+                params, block, stage_latents=dict(stage_latents), stage_index=index, pipeline_id=pipeline_id, plan=plan
+            )
+            stage_latents[index] = results[0].latent_id
+            if stage.preview or index == last:
+                stem = f"stage{index}-{params.stage_type}-{results[0].latent_id}"
+                results = with_audio(results, block, audio_dir, stem=stem)
+            hops.append(results)
+        publish_summary("ACE-Step pipeline", hops, audio_dir, key="acestep-pipeline-summary")
     return hops

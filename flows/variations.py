@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import TableArtifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
@@ -26,6 +26,7 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.seeds import draw_base_seed
 from prefect_acestep.tasks.artifacts import key_values
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.publishing import publish, sending_artifacts
 from prefect_acestep.tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
@@ -115,7 +116,6 @@ def check_metric(variations: list[Variation], metric: RankMetric) -> None:
 @task(
     name="score",
     task_run_name="score {label}",
-    tags=["acestep", "score"],
     retries=RETRIES,
     retry_delay_seconds=RETRY_DELAYS,
     retry_jitter_factor=RETRY_JITTER,
@@ -255,11 +255,14 @@ def variations_flow(
     block = AceLatentStore.resolve(store)
     runner = task_runner_for(use_dask, workers, dask_address)
     fan_out = fan_out_flow.with_options(task_runner=runner)
-    outputs = fan_out(variations, block, resolve_out_dir(out_dir), rank_by, run_id())
-    ranked = rank(variations, outputs)
-    create_table_artifact(
-        table=ranking_rows(ranked),
-        key="acestep-variations-ranking",
-        description=f"Variations ranked by {rank_by}: {METRIC_DOCS[rank_by]}",
-    )
+    with sending_artifacts():
+        outputs = fan_out(variations, block, resolve_out_dir(out_dir), rank_by, run_id())
+        ranked = rank(variations, outputs)
+        publish(
+            TableArtifact(
+                table=ranking_rows(ranked),
+                key="acestep-variations-ranking",
+                description=f"Variations ranked by {rank_by}: {METRIC_DOCS[rank_by]}",
+            )
+        )
     return ranked

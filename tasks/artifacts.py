@@ -2,7 +2,8 @@
 markdown summary per flow with the lineage chain, what changed at each hop, and where the audio is.
 
 Builders (``stage_rows``, ``lineage_markdown``) are plain functions so they can be tested on their
-output; the ``publish_*`` functions only hand that output to Prefect.
+output; the ``publish_*`` functions only queue that output for ``prefect_acestep.tasks.publishing``,
+which sends it to the API in the background.
 """
 
 from __future__ import annotations
@@ -10,19 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from uuid import UUID
 
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import MarkdownArtifact, TableArtifact
 
 from prefect_acestep.stages.engine.loop import StepInfo
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.planning.codes import parse_audio_codes
 from prefect_acestep.stages.results import StageResult
+from prefect_acestep.tasks.publishing import Progress, publish, publisher
 
 def key_values(values: Mapping[str, Any], empty: str) -> str:
     """``name=value, ...``, or ``empty`` when there are none."""
@@ -113,14 +109,16 @@ def lineage_markdown(title: str, hops: Sequence[Sequence[StageResult]], audio_di
 
 def publish_stage_table(results: Sequence[StageResult]) -> None:
     stage = results[0].params.stage_type
-    create_table_artifact(
-        table=stage_rows(results),
-        description=f"{stage} stage: latents, seeds, steps, checkpoints, timings and the plan (LM metadata)",
+    publish(
+        TableArtifact(
+            table=stage_rows(results),
+            description=f"{stage} stage: latents, seeds, steps, checkpoints, timings and the plan (LM metadata)",
+        )
     )
 
 
 def publish_summary(title: str, hops: Sequence[Sequence[StageResult]], audio_dir: str | None, key: str) -> None:
-    create_markdown_artifact(markdown=lineage_markdown(title, hops, audio_dir), key=key, description=title)
+    publish(MarkdownArtifact(markdown=lineage_markdown(title, hops, audio_dir), key=key, description=title))
 
 
 PROGRESS_INTERVAL_S = 0.5
@@ -131,24 +129,25 @@ class DiffusionProgress:
     """A progress artifact that follows the diffusion steps of one stage run.
 
     Each write is an API call, and a fast backend finishes a step in milliseconds, so steps are
-    written at most every ``PROGRESS_INTERVAL_S`` (faster than a person reads a progress bar);
-    the first and the last step are always written, so a finished run shows 100%.
+    handed to the publisher at most every ``PROGRESS_INTERVAL_S`` (faster than a person reads a
+    progress bar), which sends only the newest of those still waiting; the first and the last step
+    are always handed over, so a finished run shows 100%.
     """
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self.artifact_id: UUID | None = None
+        self.bar: Progress | None = None
         self._written_at = 0.0
 
     def __call__(self, info: StepInfo) -> None:
         now = time.monotonic()
         last = info.step + 1 == info.total_steps
-        if self.artifact_id is not None and not last and now - self._written_at < PROGRESS_INTERVAL_S:
+        if self.bar is not None and not last and now - self._written_at < PROGRESS_INTERVAL_S:
             return
         percent = 100.0 * (info.step + 1) / info.total_steps
         text = f"{self.description}: step {info.step + 1}/{info.total_steps} (t={info.t:.3f})"
-        if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(progress=percent, description=text)
+        if self.bar is None:
+            self.bar = publisher().progress(percent, text)
         else:
-            update_progress_artifact(artifact_id=self.artifact_id, progress=percent, description=text)
+            self.bar.update(percent, text)
         self._written_at = now

@@ -4,7 +4,8 @@ A command that prints tables or sentences for people takes ``--json`` to print t
 scripts. A command whose output is a record or a request (``restore``, ``to-stage``,
 ``latents show``) prints it as a JSON document, which people and scripts read alike and
 ``generate --request`` reads back, so it takes no ``--json``. A typed error exits 2 with one line
-naming the latent or field and the reason.
+naming the latent or field and the reason. Which Prefect server the commands use, and the settings
+they run flows with, is ``prefect_acestep.flows.cli.server``'s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Annotated
 
 import typer
 
-from prefect_acestep.flows.cli import latents
+from prefect_acestep.flows.cli import latents, server
 from prefect_acestep.flows.cli.demo import run_demo
 from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
+from prefect_acestep.flows.cli.server import prefect_for_command
 from prefect_acestep.stages.conversions import custom_to_stage, restore
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
@@ -30,6 +32,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(latents.app, name="latents")
+app.add_typer(server.app, name="server")
+
+FLOW_COMMANDS = frozenset({"demo", "run", "generate", "simple"})
+
+
+@app.callback()
+def prefect_server(ctx: typer.Context) -> None:
+    """ACE-Step 1.5 stages as Prefect flows over persisted latent IDs.
+
+    Commands use the Prefect server at PREFECT_API_URL, else a local one (`prefect-acestep server
+    start`), else a temporary one per command."""
+    ctx.with_resource(prefect_for_command(runs_flows=ctx.invoked_subcommand in FLOW_COMMANDS))
 
 StoreOption = latents.StoreOption
 JsonOption = latents.JsonOption
