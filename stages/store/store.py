@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from prefect_acestep.stages.errors import (
     BundleError,
+    StageError,
     InvalidStageRequest,
     LatentCorrupt,
     LatentDeleted,
@@ -49,7 +50,7 @@ from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.storage_errors import map_storage_errors
 from prefect_acestep.stages.store import files, sync
 from prefect_acestep.stages.store.bundle import BundleItem, read_bundle, write_bundle
-from prefect_acestep.stages.store.files import CORRUPT_DIR, latent_rel
+from prefect_acestep.stages.store.files import CORRUPT_DIR, SUFFIX, latent_rel
 from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
 from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
 from prefect_acestep.stages.store.journal import Event, RemovalReason
@@ -272,32 +273,81 @@ class LatentStore:
                     latent_id, f"its file vanished from the store (noticed {from_epoch(at).isoformat()})"
                 )
             if reason == "corrupt":
-                raise LatentCorrupt(latent_id, f"its file was unreadable and was moved to {self.root}/{CORRUPT_DIR}")
+                raise LatentCorrupt(latent_id, f"its file was unreadable (corrupt, quarantined at {self._quarantined(latent_id)})")
             raise LatentDeleted(latent_id, from_epoch(at), reason)
         if is_expired(row, time.time(), self._index.has_pinned_descendant):
             raise LatentExpired(latent_id, from_epoch(row.expires_at))
         return row
 
-    def _read(self, latent_id: str) -> tuple[Row, files.DecodedLatent]:
+    def _read(self, latent_id: str, *, extras: bool = False) -> tuple[Row, files.DecodedLatent]:
+        """The live row and the verified file of ``latent_id`` (its extras verified too with
+        ``extras``). A file that fails verification is set aside (``_set_aside``) and the read
+        raises ``LatentCorrupt`` saying where it went, so no later read, cache hit or pipeline meets
+        it again."""
         row = self._resolve(latent_id)
         try:
-            data = self.site.fs.read(latent_rel(latent_id))
+            return row, self._verified(row, extras)
+        except LatentCorrupt:
+            pass
+        with self._locked():  # no import can be rewriting the file now: look again before acting
+            row = self._resolve(latent_id)
+            try:
+                return row, self._verified(row, extras)
+            except LatentCorrupt as error:
+                raise self._set_aside(latent_id, error) from None
+
+    def _verified(self, row: Row, extras: bool) -> files.DecodedLatent:
+        try:
+            data = self.site.fs.read(latent_rel(row.id))
         except FileNotFoundError:
-            self._resolve(latent_id)  # deleted or collected by another process meanwhile
-            raise LatentCorrupt(latent_id, "its file is missing from the store") from None
-        decoded = files.decode(data, latent_id)
+            raise LatentCorrupt(row.id, "its file is missing from the store") from None
+        decoded = files.decode(data, row.id)
         if decoded.record.digest != row.digest:
-            raise LatentCorrupt(latent_id, f"file digest {decoded.record.digest} differs from the index's {row.digest}")
-        self._index.touch(latent_id, time.time())
-        return row, decoded
+            raise LatentCorrupt(row.id, f"file digest {decoded.record.digest} differs from the index's {row.digest}")
+        if extras:
+            files.verify_extras(decoded, row.id)
+        self._index.note_access(row.id, time.time())
+        return decoded
+
+    def _set_aside(self, latent_id: str, error: LatentCorrupt) -> LatentCorrupt:
+        """Under the store lock: move an unreadable file to ``corrupt/`` and tombstone its record
+        (journal, then index), reusing recovery's quarantine; return the error to raise. A store
+        that cannot take the change (read-only, busy) still answers ``LatentCorrupt``."""
+        try:
+            event = sync.quarantine(self.site.fs, latent_id, error)
+        except FileNotFoundError:  # nothing to move: the file vanished
+            event = Event("remove", latent_id, time.time(), "lost")
+        except StageError as failure:
+            return LatentCorrupt(latent_id, f"{error.reason}; it could not be quarantined ({failure})")
+        try:
+            end = self.site.journal.append([event], after=self._index.journal_offset())
+            with self._index.transaction() as db:
+                Index.remove(db, [event.removal()])
+                Index.set_journal_offset(db, end)
+        except StageError as failure:
+            return LatentCorrupt(
+                latent_id, f"{error.reason}; moved to {self._quarantined(latent_id)}, tombstone pending ({failure})"
+            )
+        if event.reason == "lost":
+            return error
+        return LatentCorrupt(latent_id, f"{error.reason}; corrupt, quarantined at {self._quarantined(latent_id)}")
+
+    def _quarantined(self, latent_id: str) -> str:
+        return self.site.fs.where(f"{CORRUPT_DIR}/{latent_id}{SUFFIX}")
 
     def get(self, latent_id: str) -> torch.Tensor:
-        """The stored tensor, digest-verified (``LatentCorrupt`` on any mismatch)."""
+        """The stored tensor, digest-verified (``LatentCorrupt`` on any mismatch, the file then set
+        aside in ``corrupt/``)."""
         return self._read(latent_id)[1].tensor
 
     def get_extras(self, latent_id: str) -> dict[str, torch.Tensor]:
         """The extra tensors stored with ``latent_id`` (empty if none), digest-verified."""
-        return files.verify_extras(self._read(latent_id)[1], latent_id)
+        return self._read(latent_id, extras=True)[1].extras
+
+    def verify(self, latent_id: str) -> None:
+        """Read ``latent_id`` whole and check every digest (tensor and extras): what a cache hit asks
+        before answering with it. Raises the typed error saying why it does not resolve."""
+        self._read(latent_id, extras=True)
 
     def record(self, latent_id: str) -> LatentRecord:
         """The latent's record as it stands now (current pin; no expiry while pinned)."""
@@ -369,6 +419,7 @@ class LatentStore:
         if now is not None and now.tzinfo is None:
             raise InvalidStageRequest("gc(now=...) needs a timezone-aware datetime")
         at = time.time() if now is None else now.timestamp()
+        self._index.flush_accesses()  # best effort: LRU order is advice, gc still runs without it
         with self._locked():
             orphans, freed = sync.reconcile(self.site, self._index)
             leftovers, leftover_bytes = self.site.sweep(TEMP_GRACE_S)
@@ -404,8 +455,8 @@ class LatentStore:
             raise BundleError("export_bundle needs at least one latent ID")
         items = []
         for latent_id in wanted:
-            row, decoded = self._read(latent_id)
-            items.append(BundleItem(row.record(), decoded.tensor, files.verify_extras(decoded, latent_id)))
+            row, decoded = self._read(latent_id, extras=True)
+            items.append(BundleItem(row.record(), decoded.tensor, decoded.extras))
         return write_bundle(Path(path), items)
 
     def import_bundle(self, path: str | Path) -> list[str]:
