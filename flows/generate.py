@@ -23,8 +23,8 @@ def run_custom(
 ) -> list[StageResult]:
     """The body of every one-stage flow (generate, simple, replay): the plan task first when the
     stage plans anew, then the stage task."""
+    audio_dir = resolve_out_dir(out_dir)  # before any work: a refused out_dir runs nothing
     params, plan = plan_for_stage(custom_to_params(request), block)
-    audio_dir = resolve_out_dir(out_dir)
     stage = stage_task_for(params, block)
     if refresh_cache:
         stage = stage.with_options(refresh_cache=True)

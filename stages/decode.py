@@ -20,7 +20,7 @@ from prefect_acestep.stages.audio import peak_normalize, read_audio_metadata, wr
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.errors import AudioError, IncompatibleLatent, InvalidStageRequest
-from prefect_acestep.stages.latent_audio import latent_audio
+from prefect_acestep.stages.latent_audio import latent_audio_items
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.sources import as_float32
 from prefect_acestep.stages.store import LatentStore
@@ -50,9 +50,10 @@ def decode_latent(
         raise IncompatibleLatent(latent_id, "latent space", model.identity.latent_space, record.backend.latent_space)
     latents = as_float32(latent_id, store.get(latent_id))
     indices = [index for index, _ in targets]
-    audio = latent_audio(store, model, record, latents[indices], indices).cpu()
+    items = latent_audio_items(store, model, record, latents[indices], indices)
     paths = []
-    for position, (index, target) in enumerate(targets):
+    for (index, target), audio in zip(targets, items, strict=True):  # one item's audio in memory at a time
+        audio = audio.cpu()
         metadata = {
             "latent_id": latent_id,
             "latent_digest": record.digest,
@@ -63,7 +64,7 @@ def decode_latent(
             "params": record.params,
             "normalize_dbfs": normalize_dbfs,
         }
-        sample = audio[position] if normalize_dbfs is None else peak_normalize(audio[position], normalize_dbfs)
+        sample = audio if normalize_dbfs is None else peak_normalize(audio, normalize_dbfs)
         paths.append(write_audio(target, sample, metadata=metadata))
     return paths
 

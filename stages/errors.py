@@ -164,3 +164,9 @@ class PlannerUnavailable(BackendLoadError):
     """A run asked for planning (``thinking``, ``use_cot_*``, simple mode) and the backend's planner
     cannot be built: no planner for that backend, or the 5 Hz LM's folder is unset, missing or
     malformed. The message names the folder; nothing ran without the plan."""
+
+
+class BudgetExceeded(InvalidStageRequest):
+    """A request whose fields are each within bounds but whose product is not: the audio one
+    stage makes (frames x batch) or the space its checkpoints take. The message states the
+    budget and the setting that raises it; nothing ran."""

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prefect_acestep.stages.redact import scrub_text
 from prefect_acestep.stages.errors import (
     StageError,
     StorageError,
@@ -81,7 +82,7 @@ def storage_error(exc: BaseException, where: str | os.PathLike[str]) -> StorageE
     filename = getattr(exc, "filename", None)
     path = os.fsdecode(filename) if isinstance(filename, str | bytes) and filename else os.fspath(where)
     reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
-    return kind(path, reason)
+    return kind(path, scrub_text(reason))  # a network error may quote an endpoint with its user:password
 
 
 def _kind(exc: BaseException) -> type[StorageError] | None:
