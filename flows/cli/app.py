@@ -141,9 +141,8 @@ def decode(
         paths = decode_latent(
             latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
             stem=output.stem, normalize_dbfs=DEFAULT_NORMALIZE_DBFS if normalize else None,
+            exact_name=bool(output.suffix),
         )  # fmt: skip
-        if len(paths) == 1 and output.suffix:
-            paths = [paths[0].replace(output)]
         emit([str(p) for p in paths], as_json, lambda ps: typer.echo("\n".join(ps)))
 
 

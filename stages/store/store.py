@@ -49,7 +49,7 @@ from prefect_acestep.stages.errors import (
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.storage_errors import map_storage_errors
 from prefect_acestep.stages.store import files, sync
-from prefect_acestep.stages.store.bundle import BundleItem, read_bundle, write_bundle
+from prefect_acestep.stages.store.bundle import BundleEntry, BundleItem, open_bundle, write_bundle
 from prefect_acestep.stages.store.files import CORRUPT_DIR, SUFFIX, latent_rel
 from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
 from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
@@ -462,44 +462,84 @@ class LatentStore:
     def import_bundle(self, path: str | Path) -> list[str]:
         """Add the bundle's latents to this store (IDs kept; TTL restarts now) and return their IDs.
 
-        The whole bundle is verified first, and a latent already here with different content is a
-        conflict: in both cases ``BundleError`` is raised and nothing is written. A latent this
-        store had deleted or let expire is brought back; a latent pinned here stays pinned.
-        """
-        items = read_bundle(Path(path))
-        with self._locked():
-            existing = self._index.rows([item.record.id for item in items])
-            for item in items:  # latents other writers put may not be in this index yet
-                if item.record.id not in existing and self._index.tombstone(item.record.id) is None:
-                    if (row := self.site.adopt(self._index, item.record.id)) is not None:
-                        existing[item.record.id] = row
-            for item in items:
-                here = existing.get(item.record.id)
-                if here is not None and here.digest != item.record.digest:
-                    raise BundleError(
-                        f"bundle {path} refused: latent {item.record.id} exists here with different content"
-                    )
-            # A revival resets the journal's view of each ID to its (re)written file, so a rebuild
-            # agrees with the index about tombstones and pins of imported latents.
-            revivals = [Event("revive", item.record.id, time.time()) for item in items]
-            end = self.site.journal.append(revivals, after=self._index.journal_offset())
-            with self._index.transaction() as db:
-                for item in items:
-                    Index.revive(db, item.record.id)
-                Index.set_journal_offset(db, end)
-            now = datetime.now(UTC)
-            for item in items:
-                here = existing.get(item.record.id)
-                self._write_imported(item, now, keep_pin=here is not None and here.pinned)
-        return [item.record.id for item in items]
+        Every entry is read and verified before any is written, one latent in memory at a time,
+        and a latent already here with different content is a conflict: in both cases
+        ``BundleError`` is raised and nothing is written. A latent already here with the same
+        content is left as it is (its record, pin and TTL are this store's). A latent this store
+        had deleted or let expire is brought back.
 
-    def _write_imported(self, item: BundleItem, now: datetime, keep_pin: bool) -> None:
-        """Write one verified bundle latent; an import never unpins a latent pinned here."""
+        A bundle's pins are claims, and an import never lets one reach a latent this store already
+        had: a pin protects its ancestors, so a pinned entry whose ancestry (through the bundle's
+        records) names a latent already here comes in unpinned; pin it here if that is meant.
+        """
+        with open_bundle(Path(path)) as bundle:
+            for entry in bundle.entries:
+                bundle.load(entry)  # verify everything before writing anything
+            with self._locked():
+                existing = self._existing(entry.record.id for entry in bundle.entries)
+                for entry in bundle.entries:
+                    here = existing.get(entry.record.id)
+                    if here is not None and here.digest != entry.record.digest:
+                        raise BundleError(
+                            f"bundle {path} refused: latent {entry.record.id} exists here with different content"
+                        )
+                fresh = [entry for entry in bundle.entries if entry.record.id not in existing]
+                pins = self._importable_pins(fresh, Path(path))
+                # A revival resets the journal's view of each ID to its (re)written file, so a
+                # rebuild agrees with the index about tombstones and pins of imported latents.
+                revivals = [Event("revive", entry.record.id, time.time()) for entry in fresh]
+                if revivals:
+                    end = self.site.journal.append(revivals, after=self._index.journal_offset())
+                    with self._index.transaction() as db:
+                        for entry in fresh:
+                            Index.revive(db, entry.record.id)
+                        Index.set_journal_offset(db, end)
+                now = datetime.now(UTC)
+                for entry in fresh:
+                    self._write_imported(bundle.load(entry), now, pinned=entry.record.id in pins)
+        return [entry.record.id for entry in bundle.entries]
+
+    def _existing(self, ids: Iterable[str]) -> dict[str, Row]:
+        """Live rows of ``ids``, including latents other writers put that this index has not seen."""
+        wanted = list(ids)
+        existing = self._index.rows(wanted)
+        for latent_id in wanted:
+            if latent_id not in existing and self._index.tombstone(latent_id) is None:
+                if (row := self.site.adopt(self._index, latent_id)) is not None:
+                    existing[latent_id] = row
+        return existing
+
+    def _importable_pins(self, fresh: list[BundleEntry], path: Path) -> set[str]:
+        """The entries whose bundle pin may stand: those whose ancestry, followed through the
+        bundle's own records, names no latent already in this store."""
+        records = {entry.record.id: entry.record for entry in fresh}
+        outside = {parent for record in records.values() for parent in record.parent_ids if parent not in records}
+        present = set(self._existing(outside))
+        pins = set()
+        for entry in fresh:
+            if not entry.record.pinned:
+                continue
+            seen, stack, reaches = set(), [entry.record.id], []
+            while stack:
+                for parent in records[stack.pop()].parent_ids:
+                    if parent in present:
+                        reaches.append(parent)
+                    elif parent in records and parent not in seen:
+                        seen.add(parent)
+                        stack.append(parent)
+            if reaches:
+                logger.warning(
+                    "bundle {}: {} came pinned, but its pin would protect {}, already in this store; imported unpinned",
+                    path, entry.record.id, ", ".join(sorted(set(reaches))),
+                )  # fmt: skip
+            else:
+                pins.add(entry.record.id)
+        return pins
+
+    def _write_imported(self, item: BundleItem, now: datetime, pinned: bool) -> None:
+        """Write one verified bundle latent."""
         record = item.record.model_copy(
-            update={
-                "expires_at": expiry(now, item.record.ttl_hours, self.ttl_hours),
-                "pinned": item.record.pinned or keep_pin,
-            }
+            update={"expires_at": expiry(now, item.record.ttl_hours, self.ttl_hours), "pinned": pinned}
         )
         known: Future[tuple[str, str]] = Future()
         known.set_result((record.digest, files.extras_digest(item.extras)))
