@@ -9,6 +9,7 @@ from prefect.runtime import deployment, flow_run
 
 from prefect_acestep.stages.decode import existing_audio
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.store_tasks import decode_task
@@ -43,6 +44,11 @@ def resolve_out_dir(out_dir: str | None) -> str:
             f"only under {AUDIO_DIR_ENV} (a folder relative to it, or an absolute path inside it)"
         )
     return str(target)
+
+
+def borrowed_sources(params: list[StageParams]) -> set[str]:
+    """The latents stages name by ID (not made by the run itself): what its lease must mark."""
+    return {value for p in params for value in (p.src_latent_id, p.src_audio_id) if value is not None}
 
 
 def run_id() -> str:

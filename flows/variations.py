@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from prefect_acestep.flows.common import resolve_out_dir, run_id
+from prefect_acestep.flows.common import borrowed_sources, resolve_out_dir, run_id
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
@@ -27,6 +27,7 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.seeds import draw_base_seed
 from prefect_acestep.tasks.artifacts import key_values
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.leases import flow_lease
 from prefect_acestep.tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
@@ -259,9 +260,12 @@ def variations_flow(
     variations = plan_variations(request, seeds, n, param_sets)
     check_metric(variations, rank_by)
     block = AceLatentStore.resolve(store)
+    audio_dir = resolve_out_dir(out_dir)
     runner = task_runner_for(use_dask, workers)
     fan_out = fan_out_flow.with_options(task_runner=runner)
-    outputs = fan_out(variations, block, resolve_out_dir(out_dir), rank_by, run_id())
+    pipeline_id = run_id()
+    with flow_lease(block, pipeline_id, borrowed=borrowed_sources([variation.params for variation in variations])):
+        outputs = fan_out(variations, block, audio_dir, rank_by, pipeline_id)
     ranked = rank(variations, outputs)
     create_table_artifact(
         table=ranking_rows(ranked),

@@ -60,16 +60,21 @@ def content_key(
     return hashlib.sha256(blob).hexdigest()
 
 
-def all_latents_resolve(results: Any, store: LatentStore) -> bool:
+def all_latents_resolve(results: Any, store: LatentStore, holder: str | None = None) -> bool:
     """True when every latent a cached result names still resolves in the store and reads back
     whole: each is read and its digests checked (``LatentStore.verify``), so a latent corrupted on
     disk since it was cached is quarantined here and the stage recomputes, rather than the hit
     answering with an ID that every later read refuses. This costs one read and hash of the
-    result's latents per hit (about 2 ms per 1.5 MB local latent), a small part of a stage's run."""
+    result's latents per hit (about 2 ms per 1.5 MB local latent), a small part of a stage's run.
+
+    With ``holder`` (the running flow), the latents are leased to it first and checked after, so
+    a gc cannot take them between this answer and the flow's next stage."""
     ids: set[str] = set()
     for result in results if isinstance(results, list) else [results]:
         ids.add(result.latent_id)
         ids.update(checkpoint.latent_id for checkpoint in result.checkpoints)
+    if holder is not None:
+        store.lease_latents(holder, sorted(ids))
     for latent_id in sorted(ids):
         try:
             store.verify(latent_id)
@@ -101,6 +106,6 @@ class StageCachePolicy(CachePolicy):
             key = f"stage-{base}-{generation}"
             if not result_store.exists(key):
                 return key
-            if all_latents_resolve(result_store.read(key).result, store):
+            if all_latents_resolve(result_store.read(key).result, store, inputs.get("pipeline_id")):
                 return key
         raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ processes safe without the store lock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -383,6 +384,27 @@ class Index:
             sql += " LIMIT ?"
             params.append(limit)
         return [_row(values) for values in self._query(sql, params)]
+
+    def made_by(self, pipelines: set[str]) -> set[str]:
+        """IDs of the rows whose ``pipeline_id`` is one of ``pipelines``."""
+        found: set[str] = set()
+        wanted = sorted(pipelines)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(v[0] for v in self._query(f"SELECT id FROM records WHERE pipeline_id IN ({marks})", chunk))
+        return found
+
+    def with_ancestors(self, ids: set[str]) -> set[str]:
+        """``ids`` and every ancestor of them the index knows."""
+        if not ids:
+            return set()
+        rows = self._query(
+            "WITH RECURSIVE up(id) AS (SELECT value FROM json_each(?)"
+            " UNION SELECT p.parent FROM parents p JOIN up ON p.child = up.id) SELECT id FROM up",
+            (json.dumps(sorted(ids)),),
+        )
+        return {values[0] for values in rows}
 
     def protected_ids(self) -> set[str]:
         return {values[0] for values in self._query(f"{_PROTECTED} SELECT id FROM protected")}

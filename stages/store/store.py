@@ -48,7 +48,7 @@ from prefect_acestep.stages.errors import (
 )
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.storage_errors import map_storage_errors
-from prefect_acestep.stages.store import files, sync
+from prefect_acestep.stages.store import files, flow_leases, sync
 from prefect_acestep.stages.store.bundle import BundleEntry, BundleItem, open_bundle, write_bundle
 from prefect_acestep.stages.store.files import CORRUPT_DIR, SUFFIX, latent_rel
 from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
@@ -410,12 +410,33 @@ class LatentStore:
             descendants=[live[i].record() for i in down if i in live],
         )
 
+    # --- leases of running flows (``flow_leases``) ----------------------------------------------
+
+    def lease(self, holder: str, lease_s: float, latent_ids: Iterable[str] = ()) -> None:
+        """Start or renew ``holder``'s lease (a flow run's id) for ``lease_s`` seconds: until it ends,
+        gc keeps the latents ``holder`` made (their ``pipeline_id``), ``latent_ids`` (taken with the
+        lease in one write), those marked later with ``lease_latents``, and their ancestors."""
+        if not lease_s > 0:
+            raise InvalidStageRequest(f"lease_s must be > 0, got {lease_s}")
+        ids = [validate_latent_id(latent_id) for latent_id in latent_ids]
+        flow_leases.write_lease(self.site.fs, holder, time.time() + lease_s, ids)
+
+    def lease_latents(self, holder: str, latent_ids: Iterable[str]) -> None:
+        """Keep latents that ``holder`` did not make (a source named by ID, a cached stage's result)
+        for as long as its lease lasts."""
+        flow_leases.mark(self.site.fs, holder, [validate_latent_id(latent_id) for latent_id in latent_ids])
+
+    def release(self, holder: str) -> None:
+        """End ``holder``'s lease: its latents follow the store's usual rules again."""
+        flow_leases.release(self.site.fs, holder)
+
     # --- retention ------------------------------------------------------------------------------
 
     def gc(self, now: datetime | None = None) -> GcReport:
-        """Remove expired latents (pins and their ancestors stay), then, over ``max_bytes``, evict
-        unpinned checkpoints and then finals, least recently used first; also remove leftover files
-        of crashed writers. ``now`` (timezone-aware) lets maintenance runs and tests pick the time."""
+        """Remove expired latents (pins and their ancestors stay, as do latents a running flow
+        leases, ``lease``), then, over ``max_bytes``, evict unpinned checkpoints and then finals,
+        least recently used first; also remove leftover files of crashed writers and ended leases.
+        ``now`` (timezone-aware) lets maintenance runs and tests pick the time."""
         if now is not None and now.tzinfo is None:
             raise InvalidStageRequest("gc(now=...) needs a timezone-aware datetime")
         at = time.time() if now is None else now.timestamp()
@@ -425,10 +446,14 @@ class LatentStore:
             leftovers, leftover_bytes = self.site.sweep(TEMP_GRACE_S)
             orphans += leftovers
             freed += leftover_bytes
+            leases = flow_leases.read_leases(self.site.fs, at)
+            for rel in leases.ended:
+                self.site.fs.remove(rel)
+            leased = self._index.with_ancestors(self._index.made_by(leases.holders) | leases.marked)
             removals, over_budget = plan_gc(
                 now=at,
                 expired=self._index.expired(at),
-                protected=self._index.protected_ids(),
+                protected=self._index.protected_ids() | leased,
                 eviction_order=self._index.eviction_order() if self.max_bytes is not None else [],
                 total_bytes=self._index.total_bytes(),
                 max_bytes=self.max_bytes,
