@@ -12,7 +12,9 @@ see ``remote.py`` for what each guarantee rests on there). Layout under ``root``
     journal/<n>.jsonl          the same, one object per change (remote: no append)
     index.sqlite3              cache of the above, rebuilt when missing or unreadable (local; a
                                remote store's index is a per-host cache under ``index_dir``)
-    corrupt/                   unreadable latent files, moved aside for inspection
+    corrupt/                   unreadable latent files, moved aside for inspection (at open, gc,
+                               or the first read that fails a digest), their records tombstoned
+    leases/                    leases of running flows on the latents they still need (``flow_leases``)
     .lock                      store-wide lock for lifecycle changes (remote: a lease object)
 
 A remote store's index learns of other hosts' work lazily: every lookup first applies journal
