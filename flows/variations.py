@@ -19,11 +19,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
 from prefect_acestep.flows.common import borrowed_sources, resolve_out_dir, run_id
+from prefect_acestep.stages.budgets import check_fan_out_size
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.runner import stage_size
 from prefect_acestep.stages.seeds import draw_base_seed
 from prefect_acestep.tasks.artifacts import key_values
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -260,6 +262,7 @@ def variations_flow(
     variations = plan_variations(request, seeds, n, param_sets)
     check_metric(variations, rank_by)
     block = AceLatentStore.resolve(store)
+    check_fan_out_size([(v.params, *stage_size(v.params, block.get_store())) for v in variations])
     audio_dir = resolve_out_dir(out_dir)
     runner = task_runner_for(use_dask, workers)
     fan_out = fan_out_flow.with_options(task_runner=runner)

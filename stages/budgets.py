@@ -72,24 +72,41 @@ def checkpoint_bytes(params: StageParams, frames: int, checkpoints: int) -> int:
 
 def check_stage_size(params: StageParams, frames: int, checkpoints: int, budget: StageBudget | None = None) -> None:
     """Refuse a stage whose output (``frames`` per item) or checkpoints exceed the budgets."""
-    budget = StageBudget.from_env() if budget is None else budget
     if frames > MAX_FRAMES:
         raise InvalidStageRequest(
             f"duration: the result would be {frames / FRAME_RATE:g} s ({frames} frames); a stage makes at most "
             f"{MAX_FRAMES / FRAME_RATE:g} s ({MAX_FRAMES} frames)"
         )
-    seconds = frames * params.batch_size / FRAME_RATE
+    what = f"batch_size x duration: {params.batch_size} x {frames / FRAME_RATE:g} s ="
+    _check_total([(params, frames, checkpoints)], what, "lower batch_size or duration", budget)
+
+
+def check_fan_out_size(runs: list[tuple[StageParams, int, int]], budget: StageBudget | None = None) -> None:
+    """Refuse stages that run side by side (variations) whose outputs or checkpoints together
+    exceed the budgets: ``runs`` holds each stage's params, frames per item and checkpoints."""
+    for params, frames, checkpoints in runs:
+        check_stage_size(params, frames, checkpoints, budget)
+    what = f"{len(runs)} variations of batch_size x duration make"
+    _check_total(runs, what, "run fewer variations, a smaller batch or a shorter duration", budget)
+
+
+def _check_total(
+    runs: list[tuple[StageParams, int, int]], what: str, lower: str, budget: StageBudget | None
+) -> None:
+    budget = StageBudget.from_env() if budget is None else budget
+    where = " in one stage" if len(runs) == 1 else " together"
+    seconds = sum(frames * params.batch_size for params, frames, _ in runs) / FRAME_RATE
     if seconds > budget.audio_s:
         raise BudgetExceeded(
-            f"batch_size x duration: {params.batch_size} x {frames / FRAME_RATE:g} s = {seconds:g} s of audio in one "
-            f"stage, over the budget of {budget.audio_s:g} s ({AUDIO_BUDGET_ENV}); lower batch_size or duration, or "
-            f"raise {AUDIO_BUDGET_ENV} on the worker"
+            f"{what} {seconds:g} s of audio{where}, over the budget of {budget.audio_s:g} s ({AUDIO_BUDGET_ENV}); "
+            f"{lower}, or raise {AUDIO_BUDGET_ENV} on the worker"
         )
-    needed = checkpoint_bytes(params, frames, checkpoints)
+    needed = sum(checkpoint_bytes(params, frames, count) for params, frames, count in runs)
     if needed > budget.checkpoint_bytes:
+        params, frames, count = runs[0]
+        shape = f"{count} checkpoints of {params.batch_size} x {frames} frames" if len(runs) == 1 else "their checkpoints"
         raise BudgetExceeded(
-            f"checkpoint_steps: {checkpoints} checkpoints of {params.batch_size} x {frames} frames take "
-            f"{needed / 1e9:.2f} GB of store space, over the budget of {budget.checkpoint_bytes / 1e9:.2f} GB "
-            f"({CHECKPOINT_BUDGET_ENV}); take fewer checkpoints or a smaller batch, or raise "
-            f"{CHECKPOINT_BUDGET_ENV} on the worker"
+            f"checkpoint_steps: {shape} take {needed / 1e9:.2f} GB of store space, over the budget of "
+            f"{budget.checkpoint_bytes / 1e9:.2f} GB ({CHECKPOINT_BUDGET_ENV}); take fewer checkpoints or a "
+            f"smaller batch, or raise {CHECKPOINT_BUDGET_ENV} on the worker"
         )

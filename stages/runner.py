@@ -194,6 +194,19 @@ def source_latent_id(params: StageParams, stage_latents: Mapping[int, str] | Non
     return source.value
 
 
+def stage_size(params: StageParams, store: LatentStore, stage_latents: Mapping[int, str] | None = None) -> tuple[int, int]:
+    """Frames per batch item a stage would make and the checkpoints it would take, from records
+    alone (no tensor is read): what ``budgets`` measures before a fan-out starts."""
+    source_id = source_latent_id(params, stage_latents)
+    if source_id is None:
+        source = _Source(mode="noise")
+    else:
+        record = store.record(source_id)
+        mode: Mode = "resume" if record.is_checkpoint else "audio" if STAGES[params.stage_type].reads_audio else "init"
+        source = _Source(mode=mode, record=record)
+    return _output_frames(params, source), len(_pending_checkpoints(params, source))
+
+
 def _load_source(params: StageParams, store: LatentStore, model: Backend, source_id: str | None) -> _Source:
     if source_id is None:
         return _Source(mode="noise")

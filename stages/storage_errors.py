@@ -21,7 +21,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect_acestep.stages.redact import scrub_text
 from prefect_acestep.stages.errors import (
     StageError,
     StorageError,
@@ -29,6 +28,7 @@ from prefect_acestep.stages.errors import (
     StoragePermission,
     StorageUnavailable,
 )
+from prefect_acestep.stages.redact import scrub_text
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})

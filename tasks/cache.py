@@ -29,7 +29,13 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from prefect_acestep.stages.backends.registry import backend_identity
-from prefect_acestep.stages.errors import LatentCorrupt, LatentDeleted, LatentExpired, LatentNotFound, StageError
+from prefect_acestep.stages.errors import (
+    LatentCorrupt,
+    LatentDeleted,
+    LatentExpired,
+    LatentNotFound,
+    StageError,
+)
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.planning.protocol import Plan
 from prefect_acestep.stages.planning.stage import needs_new_plan

@@ -14,7 +14,6 @@ import base64
 import io
 import ipaddress
 import math
-import resource
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 import soundfile as sf
 from loguru import logger
 
-from prefect_acestep.stages.audio import FetchPolicy, fetch_audio, import_audio, load_audio
+from prefect_acestep.stages.audio import FetchPolicy, fetch_audio
 from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.embedded import EmbeddedBackend
 from prefect_acestep.stages.errors import AudioError, AudioUnavailable

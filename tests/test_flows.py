@@ -14,8 +14,8 @@ import torch
 
 from prefect_acestep import gc_flow, generate_flow, pipeline_flow, replay_flow
 from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
-from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.conversions import custom_to_params, custom_to_stage, restore, stage_to_custom
+from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore

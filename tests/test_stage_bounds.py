@@ -140,3 +140,17 @@ def test_a_batch_decodes_one_item_at_a_time(store: LatentStore, tmp_path: Path) 
     paths = decode_latent(store, result.latent_id, tmp_path / "audio")
     assert len(paths) == 8 and model.calls["vae_decode"] == 8
     assert all(load_audio(path).shape == (2, 2 * 48_000) for path in paths)
+
+
+@pytest.mark.usefixtures("fast_prefect", "latent_dir")
+def test_variations_share_one_budget(tmp_path: Path) -> None:
+    """Each of 64 variations of a batch of 8 at 30 s is within the stage budget; together they are
+    4 h of audio, refused before any of them runs."""
+    from prefect_acestep import variations_flow
+    from prefect_acestep.stages.requests import GenerateRequest
+
+    counting(BACKEND).reset()
+    request = GenerateRequest(caption="bounds", backend=BACKEND, duration=30.0, batch_size=8, seed=1)
+    with pytest.raises(BudgetExceeded, match=r"64 variations of batch_size x duration make 15360 s of audio together"):
+        variations_flow(request, n=64, rank_by="loudness", out_dir=str(tmp_path / "audio"))
+    assert counting(BACKEND).calls["velocity"] == 0 and not (tmp_path / "audio").exists()

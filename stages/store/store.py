@@ -41,12 +41,12 @@ from pydantic import ValidationError
 
 from prefect_acestep.stages.errors import (
     BundleError,
-    StageError,
     InvalidStageRequest,
     LatentCorrupt,
     LatentDeleted,
     LatentExpired,
     LatentNotFound,
+    StageError,
 )
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.storage_errors import map_storage_errors
@@ -275,7 +275,8 @@ class LatentStore:
                     latent_id, f"its file vanished from the store (noticed {from_epoch(at).isoformat()})"
                 )
             if reason == "corrupt":
-                raise LatentCorrupt(latent_id, f"its file was unreadable (corrupt, quarantined at {self._quarantined(latent_id)})")
+                where = self._quarantined(latent_id)
+                raise LatentCorrupt(latent_id, f"its file was unreadable (corrupt, quarantined at {where})")
             raise LatentDeleted(latent_id, from_epoch(at), reason)
         if is_expired(row, time.time(), self._index.has_pinned_descendant):
             raise LatentExpired(latent_id, from_epoch(row.expires_at))
