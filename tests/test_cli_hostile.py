@@ -44,6 +44,7 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str
     (root / "a-directory.bundle").mkdir()
     os.mkfifo(root / "a-fifo.yaml")
     os.mkfifo(root / "a-fifo.bundle")
+    os.mkfifo(root / "a-pipe.wav")
     return root, latent_id, env
 
 
@@ -66,6 +67,8 @@ CASES = {
     "decode into /proc": (["decode", "{id}", "-o", "/proc/x.wav"], "StorageError: storage failed at /proc"),
     "import /dev/zero": (["latents", "import", "/dev/zero"], "BundleError: bundle /dev/zero refused: not a regular file"),
     "import a directory": (["latents", "import", "a-directory.bundle"], "BundleError"),
+    "import a FIFO": (["latents", "import", "a-fifo.bundle"], "BundleError: bundle a-fifo.bundle refused: not a regular"),
+    "decode onto a FIFO": (["decode", "{id}", "-o", "a-pipe.wav"], "not a regular file"),
 }
 
 
@@ -80,6 +83,7 @@ def test_hostile_input_is_one_typed_line_and_exit_2(place, case: str) -> None:
     assert err.startswith("error: ") and expected in err, err
     assert sorted(path.name for path in root.iterdir()) == before  # nothing left behind or replaced
     assert list((root / "a-directory.wav").iterdir()) == [] and (root / "a-fifo.bundle").is_fifo()
+    assert (root / "a-pipe.wav").is_fifo()
 
 
 def test_decode_to_a_chosen_file_name_writes_exactly_it(place) -> None:

@@ -152,9 +152,9 @@ def _read_header(path: Path) -> dict:
     """The safetensors header of a regular file (a device such as /dev/zero, a FIFO or a directory
     is refused before anything is read from it), at most ``MAX_MANIFEST_BYTES``."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: opening a FIFO waits for a writer
+            raise BundleError(f"bundle {path} refused: not a regular file")
         with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise BundleError(f"bundle {path} refused: not a regular file")
             head = f.read(8)
             if len(head) == 8:
                 (length,) = struct.unpack("<Q", head)
