@@ -411,7 +411,7 @@ while True:
             if ids:
                 victim = rng.choice(ids)
                 with open(root + "/../victims.txt", "a") as log:  # damaged on purpose: the check knows
-                    log.write(victim + "\n")
+                    log.write(victim + "\\n")
                 path = root + "/latents/" + victim + ".safetensors"
                 data = bytearray(open(path, "rb").read()); data[-3] ^= 1; open(path, "wb").write(bytes(data))
                 store.get(victim)
