@@ -23,7 +23,7 @@ from prefect_acestep.stages.geometry import MAX_FRAMES
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.runner import run_stage
 from prefect_acestep.stages.store import LatentStore
-from tests.flow_helpers import SHORT_STAGE, counting, register_counting
+from tests.flow_helpers import counting, register_counting, stage_params
 
 BACKEND = "counting-bounds"
 
@@ -39,7 +39,7 @@ def store(tmp_path: Path) -> LatentStore:
 
 
 def params(**fields) -> StageParams:
-    return StageParams.model_validate({"caption": "bounds", "backend": BACKEND, "seed": 7, **SHORT_STAGE, **fields})
+    return stage_params(BACKEND, **fields)
 
 
 def no_work_done(store: LatentStore, before: int) -> bool:
