@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from prefect_acestep.flows.common import resolve_out_dir, run_id, with_audio
+from prefect_acestep.flows.common import borrowed_sources, resolve_out_dir, run_id, with_audio
 from prefect_acestep.stages.requests import PipelineRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.artifacts import publish_summary
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.leases import flow_lease
 from prefect_acestep.tasks.plan_tasks import plan_for_stage
 from prefect_acestep.tasks.publishing import sending_artifacts
 from prefect_acestep.tasks.stage_tasks import stage_task_for
@@ -32,7 +33,8 @@ def pipeline_flow(
     stage_latents: dict[int, str] = {}
     hops: list[list[StageResult]] = []
     last = len(request.stages) - 1
-    with sending_artifacts():
+    sources = [request.stage_params(index) for index in range(len(request.stages))]
+    with sending_artifacts(), flow_lease(block, pipeline_id, borrowed=borrowed_sources(sources)):
         for index, stage in enumerate(request.stages):
             params, plan = plan_for_stage(request.stage_params(index), block)
             results = stage_task_for(params, block)(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import MarkdownArtifact
+from prefect.runtime import task_run as current_task_run
 
 from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
+from prefect_acestep.stages.redact import scrub_url
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
@@ -45,7 +47,12 @@ def decode_task(
     return [str(path) for path in paths]
 
 
-@task(name="import-audio", task_run_name="import {source}", **_retrying)
+def _import_run_name() -> str:
+    """``import <source>``, with any credentials in a URL scrubbed (a run name is shown to everyone)."""
+    return f"import {scrub_url(str(current_task_run.parameters['source']))}"
+
+
+@task(name="import-audio", task_run_name=_import_run_name, **_retrying)
 def import_audio_task(
     source: str, store: AceLatentStore, backend: str = "embedded", variant: str = "turbo", pin: bool = False
 ) -> str:

@@ -57,14 +57,17 @@ def _results_table(hops: list[list[StageResult]]) -> None:
 
 
 def _out(out: Path | None) -> str | None:
-    return None if out is None else str(out)
+    """``--out`` as an absolute path: the command line runs the flows in this process, for the user
+    who typed it, so the directory is theirs to choose (relative to where they are, as a shell
+    path is), not a folder under the audio root as a deployment run's ``out_dir`` is."""
+    return None if out is None else str(out.expanduser().resolve())
 
 
 @app.command()
 def demo(out: OutOption = Path("out/demo"), store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Run the demo pipeline on the embedded backend, write audio files, resume from a checkpoint."""
     with typed_errors():
-        report = run_demo(out_dir=str(out), store=store)
+        report = run_demo(out_dir=_out(out), store=store)
         emit(report, as_json, lambda r: r.print())
 
 
@@ -152,9 +155,8 @@ def decode(
         paths = decode_latent(
             latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
             stem=output.stem, normalize_dbfs=DEFAULT_NORMALIZE_DBFS if normalize else None,
+            exact_name=bool(output.suffix),
         )  # fmt: skip
-        if len(paths) == 1 and output.suffix:
-            paths = [paths[0].replace(output)]
         emit([str(p) for p in paths], as_json, lambda ps: typer.echo("\n".join(ps)))
 
 
