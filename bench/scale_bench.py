@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from distributed import Client
 
-from prefect_acestep.flows.variations import local_cluster, variations_flow
+from prefect_acestep.flows.variations import DASK_ADDRESS_ENV, local_cluster, variations_flow
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.decode import decode_latent
 from prefect_acestep.stages.requests import GenerateRequest
@@ -85,10 +85,9 @@ def timed_flow(args: argparse.Namespace, address: str, root: str, out: Path, off
     """One variations flow run on the cluster at ``address`` with the store at ``root``: its wall
     time, and the seconds the stages themselves reported (load, diffusion, store) summed."""
     os.environ[LATENT_DIR_ENV] = root
+    os.environ[DASK_ADDRESS_ENV] = address  # the worker's configuration, not a run parameter
     start = time.perf_counter()
-    ranked = variations_flow(
-        request(args), seeds=seeds(args, offset), out_dir=str(out), use_dask=True, dask_address=address
-    )
+    ranked = variations_flow(request(args), seeds=seeds(args, offset), out_dir=str(out), use_dask=True)
     elapsed = time.perf_counter() - start
     assert len(ranked) == args.variations
     return elapsed, sum(sum(entry.result.timings.values()) for entry in ranked)

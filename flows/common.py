@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import Task, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 from pydantic import BaseModel, ValidationError
 
@@ -41,10 +41,37 @@ PROBLEMS_KEY = "acestep-request-problems"
 Request = TypeVar("Request", bound=BaseModel)
 
 
+def audio_root() -> Path:
+    """The worker's audio root: ``ACE_AUDIO_DIR``, else ``~/.prefect-acestep/audio`` (absolute)."""
+    return Path(os.environ.get(AUDIO_DIR_ENV, DEFAULT_AUDIO_DIR)).expanduser().resolve()
+
+
 def resolve_out_dir(out_dir: str | None) -> str:
-    """``out_dir``, else ``ACE_AUDIO_DIR``, else ``~/.prefect-acestep/audio`` (absolute)."""
-    chosen = out_dir if out_dir is not None else os.environ.get(AUDIO_DIR_ENV, DEFAULT_AUDIO_DIR)
-    return str(Path(chosen).expanduser().resolve())
+    """Where a flow writes its audio files, under the worker's audio root (``audio_root``).
+
+    None is the root itself; a relative ``out_dir`` is a folder under it, which ``..`` or a symlink
+    may not leave. An absolute ``out_dir`` is taken as it is from a flow called in Python or from
+    the command line (its caller writes with their own rights), but a run started from a
+    deployment must stay under the root: its parameters come from whoever may start runs, and a
+    worker writes nowhere its configuration did not put in reach (move the root with
+    ``ACE_AUDIO_DIR`` on the worker)."""
+    root = audio_root()
+    if out_dir is None:
+        return str(root)
+    chosen = Path(out_dir).expanduser()
+    target = (chosen if chosen.is_absolute() else root / chosen).resolve()
+    from_deployment = deployment.id is not None  # this run's, or its parent's when a subflow
+    if (from_deployment or not chosen.is_absolute()) and not target.is_relative_to(root):
+        raise InvalidStageRequest(
+            f"out_dir: {out_dir!r} leads outside the audio root {root}; a run started from a deployment writes "
+            f"only under {AUDIO_DIR_ENV} (a folder relative to it, or an absolute path inside it)"
+        )
+    return str(target)
+
+
+def borrowed_sources(params: list[StageParams]) -> set[str]:
+    """The latents stages name by ID (not made by the run itself): what its lease must mark."""
+    return {value for p in params for value in (p.src_latent_id, p.src_audio_id) if value is not None}
 
 
 def run_id() -> str:

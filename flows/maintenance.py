@@ -8,6 +8,7 @@ from prefect_acestep.flows.run_names import gc_run_name
 from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.publishing import sending_artifacts
 from prefect_acestep.tasks.store_tasks import gc_task
 
 
@@ -23,4 +24,5 @@ def gc_flow(store: Unsettable[str] = None) -> GcReport:
     Args:
         store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
     """
-    return gc_task(AceLatentStore.resolve(store))
+    with sending_artifacts():
+        return gc_task(AceLatentStore.resolve(store))

@@ -2,7 +2,7 @@
 
 The fan-out is a subflow whose task runner is chosen per run with ``.with_options(task_runner=...)``:
 Prefect's default thread pool, or Dask through prefect-dask (a local cluster of worker processes, or
-an existing scheduler's address to scale past one machine). Each variation is a stage task run (so
+the scheduler the worker's ``ACE_DASK_ADDRESS`` names, to scale past one machine). Each variation is a stage task run (so
 it is cached and retried like any stage, and holds the GPU concurrency slot when one is configured)
 followed by a scoring task that decodes its samples and measures them (``prefect_acestep.tasks.scoring``). The
 ranking lands in a table artifact; the flow returns it too.
@@ -10,29 +10,36 @@ ranking lands in a table artifact; the flow returns it too.
 
 # Flow signatures hold real types, not strings: see the note in ``prefect_acestep.flows``.
 
+import os
 from typing import Any
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import TableArtifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from prefect_acestep.flows.common import resolve_out_dir, run_id
+from prefect_acestep.flows.common import borrowed_sources, resolve_out_dir, run_id
 from prefect_acestep.flows.run_names import variations_run_name
+from prefect_acestep.stages.budgets import check_fan_out_size
 from prefect_acestep.stages.conversions import custom_to_params
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.forms import Unsettable
 from prefect_acestep.stages.params import MAX_BATCH, MAX_SEED, StageParams
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
+from prefect_acestep.stages.runner import stage_size
 from prefect_acestep.stages.seeds import draw_base_seed
 from prefect_acestep.tasks.artifacts import key_values
 from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.leases import flow_lease
+from prefect_acestep.tasks.publishing import publish, sending_artifacts
 from prefect_acestep.tasks.scoring import METRIC_DOCS, RankMetric, SampleScore, score_file
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
 from prefect_acestep.tasks.store_tasks import decode_task
 
+DASK_ADDRESS_ENV = "ACE_DASK_ADDRESS"
+"""A Dask scheduler (``tcp://host:8786``) the worker fans variations out to; set on the worker."""
 DEFAULT_COUNT = 4
 MAX_VARIATIONS = MAX_BATCH
 
@@ -117,7 +124,6 @@ def check_metric(variations: list[Variation], metric: RankMetric) -> None:
 @task(
     name="score",
     task_run_name="score {label}",
-    tags=["acestep", "score"],
     retries=RETRIES,
     retry_delay_seconds=RETRY_DELAYS,
     retry_jitter_factor=RETRY_JITTER,
@@ -171,17 +177,21 @@ def local_cluster(**cluster_kwargs: Any) -> Any:
         return LocalCluster(**cluster_kwargs)
 
 
-def task_runner_for(use_dask: bool, workers: int, dask_address: str | None) -> TaskRunner:
-    """Threads in this process, a local Dask cluster of ``workers`` single-threaded processes
-    (``local_cluster``), or the Dask scheduler at ``dask_address``."""
+def task_runner_for(use_dask: bool, workers: int) -> TaskRunner:
+    """Threads in this process, or Dask: the scheduler the worker's environment names
+    (``ACE_DASK_ADDRESS``), else a local cluster of ``workers`` single-threaded processes
+    (``local_cluster``).
+
+    Where work runs is the worker's configuration, never a run parameter: a Dask scheduler sends
+    pickled results, which are code, so an address taken from a run form would let whoever may
+    start a run execute code on the worker."""
     if not use_dask:
-        if dask_address is not None:
-            raise InvalidStageRequest("dask_address is set but use_dask is false")
         return ThreadPoolTaskRunner(max_workers=workers)
     from prefect_dask import DaskTaskRunner
 
-    if dask_address is not None:
-        return DaskTaskRunner(address=dask_address)
+    address = os.environ.get(DASK_ADDRESS_ENV, "")
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(
         cluster_class=local_cluster,
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
@@ -236,7 +246,6 @@ def variations_flow(
     out_dir: Unsettable[str] = None,
     use_dask: bool = False,
     workers: int = 2,
-    dask_address: Unsettable[str] = None,
 ) -> list[RankedSample]:
     """Run ``request``'s stage once per variation in parallel, decode every sample, rank by ``rank_by``.
 
@@ -250,22 +259,29 @@ def variations_flow(
             loudness (RMS dBFS). Higher ranks first.
         store: Name of a saved ACE Latent Store block; Unset uses ACE_LATENT_DIR / ACE_LATENT_TTL_HOURS.
         out_dir: Directory for the audio files; Unset uses ACE_AUDIO_DIR (default ~/.prefect-acestep/audio).
-        use_dask: Fan out on Dask (prefect-dask) instead of Prefect's thread pool.
+        use_dask: Fan out on Dask (prefect-dask) instead of Prefect's thread pool: the scheduler the
+            worker's ACE_DASK_ADDRESS names, else a local cluster.
         workers: Threads, or local Dask worker processes (one thread each).
-        dask_address: Address of a running Dask scheduler to use instead of a local cluster.
     """
     if not 1 <= workers <= MAX_VARIATIONS:
         raise InvalidStageRequest(f"workers={workers}: between 1 and {MAX_VARIATIONS} are allowed")
     variations = plan_variations(request, seeds, n, param_sets)
     check_metric(variations, rank_by)
     block = AceLatentStore.resolve(store)
-    runner = task_runner_for(use_dask, workers, dask_address)
+    check_fan_out_size([(v.params, *stage_size(v.params, block.get_store())) for v in variations])
+    audio_dir = resolve_out_dir(out_dir)
+    runner = task_runner_for(use_dask, workers)
     fan_out = fan_out_flow.with_options(task_runner=runner)
-    outputs = fan_out(variations, block, resolve_out_dir(out_dir), rank_by, run_id())
-    ranked = rank(variations, outputs)
-    create_table_artifact(
-        table=ranking_rows(ranked),
-        key="acestep-variations-ranking",
-        description=f"Variations ranked by {rank_by}: {METRIC_DOCS[rank_by]}",
-    )
+    pipeline_id = run_id()
+    with sending_artifacts():
+        with flow_lease(block, pipeline_id, borrowed=borrowed_sources([variation.params for variation in variations])):
+            outputs = fan_out(variations, block, audio_dir, rank_by, pipeline_id)
+        ranked = rank(variations, outputs)
+        publish(
+            TableArtifact(
+                table=ranking_rows(ranked),
+                key="acestep-variations-ranking",
+                description=f"Variations ranked by {rank_by}: {METRIC_DOCS[rank_by]}",
+            )
+        )
     return ranked

@@ -14,8 +14,9 @@ torch and Prefect load only when a name that needs them is touched.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_acestep.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -56,14 +57,4 @@ if TYPE_CHECKING:
     from prefect_acestep.tasks.blocks import AceLatentStore
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prefect_acestep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())

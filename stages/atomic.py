@@ -18,9 +18,11 @@ Storage failures anywhere inside (a full disk, a read-only directory) come out t
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_acestep.stages.processes import HOST, process_gone
+from prefect_acestep.stages.errors import StorageError
 from prefect_acestep.stages.storage_errors import map_storage_errors
 
 STAGING_PREFIX = ".tmp~"
@@ -55,24 +58,45 @@ def staged_output(directory: Path, *, target: Path | None = None, suffix: str = 
     (mode 0644), as the store's other users must read what one user wrote.
     """
     with map_storage_errors(directory):
+        if target is not None:
+            _check_replaceable(target)  # before any work: a device or a directory is never replaced
         stage = directory / f"{STAGING_PREFIX}{_HOST_TAG}~{os.getpid()}~{secrets.token_hex(4)}"
         try:
             stage.mkdir()
         except FileNotFoundError:  # a new directory (the store's exists: no extra system call there)
             directory.mkdir(parents=True, exist_ok=True)
-            stage.mkdir()
+            try:
+                stage.mkdir()
+            except FileNotFoundError as exc:  # a directory that holds no files of ours (/proc)
+                raise StorageError(str(directory), f"cannot create files there ({exc.strerror})") from exc
         staged = Staged(stage / (target.name if target is not None else f"part{suffix}"), target)
         try:
             yield staged
             if staged.target is None:
                 raise RuntimeError(f"staged file {staged.tmp} was completed without a target name")
             staged.size = _seal(staged.tmp)
+            _check_replaceable(staged.target)
             os.replace(staged.tmp, staged.target)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         stage.rmdir()
         fsync_path(staged.target.parent)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to publish over anything but a regular file (or a symlink, which is replaced, not
+    followed): ``os.replace`` would swap a device node such as ``/dev/full`` for our file, and fails
+    on a directory only after the work is done."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(target))
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OSError(errno.EINVAL, "exists and is not a regular file (a device, a FIFO or a socket); "
+                      "refusing to replace it", str(target))  # fmt: skip
 
 
 def _seal(path: Path) -> int:

@@ -15,6 +15,7 @@ from prefect_acestep.stages.audio import import_audio
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.errors import AudioError
 from prefect_acestep.stages.geometry import HOP_LENGTH, SAMPLE_RATE
+from prefect_acestep.stages.redact import scrub_url
 from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.stages.vocabulary import IMPORT_STAGE
 
@@ -32,7 +33,7 @@ def import_audio_latent(
     audio = import_audio(source) if max_seconds is None else import_audio(source, max_seconds=max_seconds)
     frames = audio.shape[-1] // HOP_LENGTH
     if frames < 1:
-        raise AudioError(f"{source}: shorter than one latent frame ({HOP_LENGTH} samples at {SAMPLE_RATE} Hz)")
+        raise AudioError(f"{scrub_url(source)}: shorter than one latent frame ({HOP_LENGTH} samples at {SAMPLE_RATE} Hz)")
     audio = audio[:, : frames * HOP_LENGTH].contiguous()
     digest = hashlib.sha256(audio.numpy().tobytes()).hexdigest()
     latents = backend.vae_encode(audio.unsqueeze(0).to(backend.device)).to(torch.float32).cpu().contiguous()
@@ -41,7 +42,7 @@ def import_audio_latent(
         stage_type=IMPORT_STAGE,
         backend=backend.identity,
         params={
-            "source": str(source),
+            "source": scrub_url(str(source)),  # no user:password or signed query in a record
             "audio_sha256": digest,
             "seconds": frames * HOP_LENGTH / SAMPLE_RATE,
             "vae_encode": "mean",  # the posterior mean: the same audio always imports to the same latent

@@ -20,7 +20,7 @@ from prefect_acestep.stages.audio import peak_normalize, read_audio_metadata, wr
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.errors import AudioError, IncompatibleLatent, InvalidStageRequest
-from prefect_acestep.stages.latent_audio import latent_audio
+from prefect_acestep.stages.latent_audio import latent_audio_items
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.sources import as_float32
 from prefect_acestep.stages.store import LatentStore
@@ -39,20 +39,24 @@ def decode_latent(
     stem: str | None = None,
     backend: Backend | None = None,
     normalize_dbfs: float | None = DEFAULT_NORMALIZE_DBFS,
+    exact_name: bool = False,
 ) -> list[Path]:
-    """Decode samples of ``latent_id`` (all by default) to ``out_dir/<stem>_<i><suffix>``."""
+    """Decode samples of ``latent_id`` (all by default) to ``out_dir/<stem>_<i><suffix>``; with
+    ``exact_name``, a single sample goes to ``out_dir/<stem><suffix>`` (a file name the caller
+    chose). Every file is published whole or not at all, and never over a directory or a device."""
     if normalize_dbfs is not None and not normalize_dbfs <= 0:
         raise InvalidStageRequest(f"normalize_dbfs: a peak level must be <= 0 dBFS (or None: off), got {normalize_dbfs}")
     record = store.record(latent_id)
-    targets = _targets(record, out_dir, sample_indices, suffix, stem)
+    targets = _targets(record, out_dir, sample_indices, suffix, stem, exact_name)
     model = backend if backend is not None else load_backend(record.backend.name, variant=record.backend.variant)
     if model.identity.latent_space != record.backend.latent_space:
         raise IncompatibleLatent(latent_id, "latent space", model.identity.latent_space, record.backend.latent_space)
     latents = as_float32(latent_id, store.get(latent_id))
     indices = [index for index, _ in targets]
-    audio = latent_audio(store, model, record, latents[indices], indices).cpu()
+    items = latent_audio_items(store, model, record, latents[indices], indices)
     paths = []
-    for position, (index, target) in enumerate(targets):
+    for (index, target), audio in zip(targets, items, strict=True):  # one item's audio in memory at a time
+        audio = audio.cpu()
         metadata = {
             "latent_id": latent_id,
             "latent_digest": record.digest,
@@ -63,7 +67,7 @@ def decode_latent(
             "params": record.params,
             "normalize_dbfs": normalize_dbfs,
         }
-        sample = audio[position] if normalize_dbfs is None else peak_normalize(audio[position], normalize_dbfs)
+        sample = audio if normalize_dbfs is None else peak_normalize(audio, normalize_dbfs)
         paths.append(write_audio(target, sample, metadata=metadata))
     return paths
 
@@ -88,7 +92,12 @@ def existing_audio(
 
 
 def _targets(
-    record: LatentRecord, out_dir: str | Path, sample_indices: list[int] | None, suffix: str, stem: str | None
+    record: LatentRecord,
+    out_dir: str | Path,
+    sample_indices: list[int] | None,
+    suffix: str,
+    stem: str | None,
+    exact_name: bool = False,
 ) -> list[tuple[int, Path]]:
     batch = record.shape[0]
     indices = list(range(batch)) if sample_indices is None else sample_indices
@@ -96,6 +105,8 @@ def _targets(
         if not 0 <= index < batch:
             raise IncompatibleLatent(record.id, "sample index", f"0..{batch - 1}", index)
     name = record.id if stem is None else stem
+    if exact_name and len(indices) == 1:
+        return [(indices[0], Path(out_dir) / f"{name}{suffix}")]
     return [(index, Path(out_dir) / f"{name}_{index}{suffix}") for index in indices]
 
 

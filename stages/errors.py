@@ -115,9 +115,10 @@ class AudioUnavailable(AudioError, TransientError):
 
 class StorageError(StageError):
     """Storage failed at ``path`` (a file, directory, object or the store's index) for a reason that
-    a retry does not fix by itself. Raised only by ``prefect_acestep.stages.storage_errors``, which
-    types every operating-system, SQLite and network error where the project touches storage, so
-    that the task layer can decide retries by type alone."""
+    a retry does not fix by itself. Raised by ``prefect_acestep.stages.storage_errors``, which types
+    every operating-system, SQLite and network error where the project touches storage (and by the
+    atomic writer for a place that cannot hold files at all), so that the task layer can decide
+    retries by type alone."""
 
     what = "storage failed"
     advice = "a retry will not help until the cause is fixed"
@@ -164,3 +165,9 @@ class PlannerUnavailable(BackendLoadError):
     """A run asked for planning (``thinking``, ``use_cot_*``, simple mode) and the backend's planner
     cannot be built: no planner for that backend, or the 5 Hz LM's folder is unset, missing or
     malformed. The message names the folder; nothing ran without the plan."""
+
+
+class BudgetExceeded(InvalidStageRequest):
+    """A request whose fields are each within bounds but whose product is not: the audio one
+    stage makes (frames x batch) or the space its checkpoints take. The message states the
+    budget and the setting that raises it; nothing ran."""

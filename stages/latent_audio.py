@@ -11,6 +11,8 @@ round trip that audio tasks make of a stored latent (``runner``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from prefect_acestep.stages.backends.protocol import Backend
@@ -51,10 +53,20 @@ def latent_audio(
     store: LatentStore, model: Backend, record: LatentRecord, latents: torch.Tensor, sample_indices: list[int]
 ) -> torch.Tensor:
     """``[B, 2, T * 1920]`` audio of ``latents`` (samples ``sample_indices`` of ``record``)."""
-    audio = model.vae_decode(latents.to(model.device))
+    return torch.stack(list(latent_audio_items(store, model, record, latents, sample_indices)))
+
+
+def latent_audio_items(
+    store: LatentStore, model: Backend, record: LatentRecord, latents: torch.Tensor, sample_indices: list[int]
+) -> Iterator[torch.Tensor]:
+    """The ``[2, T * 1920]`` audio of each of ``latents``' items in turn (samples
+    ``sample_indices`` of ``record``), decoded one at a time, so that memory holds one item's audio
+    whatever the batch (a batch of 64 at 600 s is about 15 GB of float32 audio at once)."""
     seams = record_seams(record)
     if seams is None or not seams.splices_waveform:
-        return audio
+        for position in range(latents.shape[0]):
+            yield model.vae_decode(latents[position : position + 1].to(model.device))[0]
+        return
     source_record, source_index = _task_source(store, record)
     source = as_float32(source_record.id, store.get(source_record.id))[source_index : source_index + 1]
     source_audio = latent_audio(store, model, source_record, source, [source_index])[0]
@@ -62,13 +74,15 @@ def latent_audio(
     window = stage_window(params, source.shape[1])
     assert window is not None
     geo = window_geometry(source.shape[1], window)
-    if geo.frames * HOP_LENGTH != audio.shape[-1]:
-        raise IncompatibleLatent(record.id, "frames of its repaint window", geo.frames, audio.shape[-1] // HOP_LENGTH)
-    placed = source_audio.new_zeros(source_audio.shape[0], audio.shape[-1])
+    if geo.frames != latents.shape[1]:
+        raise IncompatibleLatent(record.id, "frames of its repaint window", geo.frames, latents.shape[1])
+    placed = source_audio.new_zeros(source_audio.shape[0], geo.frames * HOP_LENGTH)
     placed[:, geo.pad_left * HOP_LENGTH : geo.pad_left * HOP_LENGTH + source_audio.shape[-1]] = source_audio
     crossfade = int(seams.crossfade_seconds * SAMPLE_RATE)
     inside = (geo.start * HOP_LENGTH, geo.end * HOP_LENGTH)
-    return torch.stack([splice_waveform(item, placed, inside, crossfade) for item in audio])
+    for position in range(latents.shape[0]):
+        audio = model.vae_decode(latents[position : position + 1].to(model.device))[0]
+        yield splice_waveform(audio, placed, inside, crossfade)
 
 
 def _task_source(store: LatentStore, record: LatentRecord) -> tuple[LatentRecord, int]:

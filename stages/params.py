@@ -95,6 +95,16 @@ def _sorted_unique(steps: list[int]) -> list[int]:
     return sorted(steps)
 
 
+MAX_CAPTION_CHARS = 2_000
+"""About twice what the DiT's 256 caption tokens take in English (the model refuses more tokens)."""
+MAX_LYRICS_CHARS = 6_000
+"""Room for the DiT's 2048 lyric tokens in most songs, and small enough that the stage params
+(lyrics included) fit the tags of every audio format written by default (a WAV comment keeps about
+50 KB; non-ASCII text is stored escaped, up to 6 bytes a character). A length bound also refuses
+a lone surrogate (``"\\ud800"``, which JSON and Python allow but UTF-8 does not): pydantic checks the
+length on the text as UTF-8, so such text fails validation instead of the text encoder after diffusion."""
+
+
 def _valid_audio_codes(text: str) -> str:
     parse_audio_codes(text)
     return text
@@ -169,8 +179,12 @@ class StrictModel(BaseModel):
 class Conditioning(StrictModel):
     """What the music should be: text and musical metas (the model's conditioning)."""
 
-    caption: str = Field("", title="Caption", description="Style/content description of the music; empty = no caption.")
-    lyrics: str = Field("", title="Lyrics", description="Lyrics with optional [verse]/[chorus] tags; empty = none.")
+    caption: str = Field(
+        "", max_length=MAX_CAPTION_CHARS, title="Caption", description="Style/content description of the music; empty = no caption."
+    )
+    lyrics: str = Field(
+        "", max_length=MAX_LYRICS_CHARS, title="Lyrics", description="Lyrics with optional [verse]/[chorus] tags; empty = none."
+    )
     instrumental: InstrumentalField = False
     vocal_language: VocalLanguageField = "unknown"
     bpm: int | None = Field(None, ge=30, le=300, title="BPM", description="Tempo in beats per minute.")

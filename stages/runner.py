@@ -32,6 +32,7 @@ import torch
 
 from prefect_acestep.stages.backends.protocol import Backend
 from prefect_acestep.stages.backends.registry import load_backend
+from prefect_acestep.stages.budgets import check_stage_size
 from prefect_acestep.stages.engine.context import output_frames
 from prefect_acestep.stages.engine.loop import LoopRequest, LoopState, StepInfo, run_loop
 from prefect_acestep.stages.engine.repaint import RepaintSeams
@@ -93,7 +94,10 @@ def run_stage(
 
     ``stage_latents`` maps earlier pipeline stage indices to their final latent IDs (for
     ``src_stage``). ``plan`` is the plan of a generate from noise that asks for one, made by the
-    caller; None plans here when needed. Nothing is stored unless the whole run succeeds.
+    caller; None plans here when needed. The run's size is checked before any model work
+    (``budgets``). Checkpoints are stored as they are taken, so memory holds one at a time (a run
+    that fails later leaves them to resume from, or to expire with their TTL); the final latent is
+    stored only when the whole run succeeds.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -104,6 +108,7 @@ def run_stage(
         )
     source_id = source_latent_id(params, stage_latents)
     source = _load_source(params, store, model, source_id)
+    check_stage_size(params, _output_frames(params, source), len(_pending_checkpoints(params, source)))
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -113,15 +118,6 @@ def run_stage(
     lm_metadata = None if plan is None else plan.record_metadata()
     timings["plan"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    request = _loop_request(params, store, model, source, base_seed, on_step)
-    timings["prepare"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    result = run_loop(model, request)
-    timings["diffusion"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
     snapshot = _params_snapshot(params, base_seed, source_id)
     common: dict[str, Any] = dict(
         backend=model.identity,
@@ -129,11 +125,6 @@ def run_stage(
         params=snapshot.model_dump(mode="json"),
         seeds=seeds,
         batch_size=params.batch_size,
-        total_steps=result.steps,
-        schedule=result.schedule,
-        t_start=result.t_start,
-        shift=result.shift,
-        scheduler=result.scheduler,
         pipeline_id=provenance.pipeline_id,
         stage_index=provenance.stage_index,
         flow_run_id=provenance.flow_run_id,
@@ -141,8 +132,33 @@ def run_stage(
         lm_metadata=lm_metadata,
     )
     parents = [] if source_id is None else [source_id]
-    checkpoints = [_store_checkpoint(store, state, parents, common) for state in result.checkpoints]
-    final_id = store.put(result.x0.detach().cpu().contiguous(), parent_ids=parents, **common)
+    checkpoints: list[CheckpointRef] = []
+
+    def store_checkpoint(state: LoopState, t_start: float) -> None:
+        """Stored as it is taken, so the run holds one checkpoint in memory at a time."""
+        schedule = dict(total_steps=state.steps, schedule=state.schedule, t_start=t_start, shift=state.shift,
+                        scheduler=state.scheduler)  # fmt: skip
+        checkpoints.append(_store_checkpoint(store, state, parents, {**common, **schedule}))
+
+    clock = time.perf_counter()
+    request = _loop_request(params, store, model, source, base_seed, on_step, store_checkpoint)
+    timings["prepare"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    result = run_loop(model, request)
+    timings["diffusion"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    final_id = store.put(
+        result.x0.detach().cpu().contiguous(),
+        parent_ids=parents,
+        total_steps=result.steps,
+        schedule=result.schedule,
+        t_start=result.t_start,
+        shift=result.shift,
+        scheduler=result.scheduler,
+        **common,
+    )
     timings["store"] = time.perf_counter() - clock
 
     return [
@@ -176,6 +192,19 @@ def source_latent_id(params: StageParams, stage_latents: Mapping[int, str] | Non
         return known[source.value]
     assert isinstance(source.value, str)
     return source.value
+
+
+def stage_size(params: StageParams, store: LatentStore, stage_latents: Mapping[int, str] | None = None) -> tuple[int, int]:
+    """Frames per batch item a stage would make and the checkpoints it would take, from records
+    alone (no tensor is read): what ``budgets`` measures before a fan-out starts."""
+    source_id = source_latent_id(params, stage_latents)
+    if source_id is None:
+        source = _Source(mode="noise")
+    else:
+        record = store.record(source_id)
+        mode: Mode = "resume" if record.is_checkpoint else "audio" if STAGES[params.stage_type].reads_audio else "init"
+        source = _Source(mode=mode, record=record)
+    return _output_frames(params, source), len(_pending_checkpoints(params, source))
 
 
 def _load_source(params: StageParams, store: LatentStore, model: Backend, source_id: str | None) -> _Source:
@@ -230,18 +259,20 @@ def _resume_task_source(store: LatentStore, model: Backend, checkpoint: LatentRe
     return _audio_source(store, model, parent, latent, index, made_with, made_with.seed)
 
 
-def _frames(params: StageParams, source: _Source, task_source: torch.Tensor | None, codes: list[int]) -> int:
-    if source.latent is None:
+def _output_frames(params: StageParams, source: _Source) -> int:
+    """Frames per batch item of the run's output, from the source's record alone, so that its size
+    is known (and checked, ``budgets``) before any model work."""
+    if source.record is None:
+        codes = parse_audio_codes(params.audio_code_string)
         if codes:  # the codes set the length, as upstream decodes them into the target latents
             return len(codes) * VQ_POOL
         duration = params.duration if params.duration is not None else DEFAULT_DURATION_S
         return max(1, round(duration * FRAME_RATE))
-    base = source.latent if task_source is None else task_source
-    frames = base.shape[1]
+    frames = source.record.shape[1]
     if STAGES[params.stage_type].window != "none":
-        return _window_frames(params, frames)
+        # A resumed checkpoint already is the windowed output's state; the loop checks that it fits.
+        return frames if source.mode == "resume" else _window_frames(params, frames)
     if params.duration is not None and abs(params.duration * FRAME_RATE - frames) >= 1:
-        assert source.record is not None
         raise IncompatibleLatent(source.record.id, "duration (frames at 25 Hz)", params.duration * FRAME_RATE, frames)
     return frames
 
@@ -274,6 +305,7 @@ def _loop_request(
     source: _Source,
     base_seed: int,
     on_step: Callable[[StepInfo], None] | None,
+    on_checkpoint: Callable[[LoopState, float], None] | None = None,
 ) -> LoopRequest:
     seeds = item_seeds(base_seed, params.batch_size)
     init: torch.Tensor | None = None
@@ -289,7 +321,9 @@ def _loop_request(
         task_source = _resume_task_source(store, model, source.record)
         resume = _resume_state(source, len(seeds))
     codes = parse_audio_codes(params.audio_code_string)
-    frames = _frames(params, source, task_source, codes)
+    frames = _output_frames(params, source)
+    checkpoint_steps = _pending_checkpoints(params, source)
+    check_stage_size(params, frames, len(checkpoint_steps))  # again: a plan may have set the duration
     if codes and -(-frames // VQ_POOL) != len(codes):
         assert source.record is not None
         raise IncompatibleLatent(source.record.id, "frames for the audio codes", len(codes) * VQ_POOL, frames)
@@ -317,9 +351,10 @@ def _loop_request(
         cover_strength=params.audio_cover_strength if STAGES[params.stage_type].context == "codes" or codes else 1.0,
         repaint_window=stage_window(params, window_frames),
         repaint=RepaintSeams(params.repaint_mode, params.repaint_strength),
-        checkpoint_steps=_pending_checkpoints(params, source),
+        checkpoint_steps=checkpoint_steps,
         resume=resume,
         on_step=on_step,
+        on_checkpoint=on_checkpoint,
     )
 
 

@@ -28,6 +28,7 @@ from prefect_acestep.stages.errors import (
     StoragePermission,
     StorageUnavailable,
 )
+from prefect_acestep.stages.redact import scrub_text
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -81,7 +82,7 @@ def storage_error(exc: BaseException, where: str | os.PathLike[str]) -> StorageE
     filename = getattr(exc, "filename", None)
     path = os.fsdecode(filename) if isinstance(filename, str | bytes) and filename else os.fspath(where)
     reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
-    return kind(path, reason)
+    return kind(path, scrub_text(reason))  # a network error may quote an endpoint with its user:password
 
 
 def _kind(exc: BaseException) -> type[StorageError] | None:

@@ -4,9 +4,10 @@ lineage chain, what changed at each hop (against each stage's source), every dec
 and picture, and run-form links for every latent (``tasks.run_links``).
 
 Builders (``stage_rows``, ``lineage_markdown``, ``gc_markdown``, ``problems_markdown``) are plain
-functions so they can be tested on their output; the ``publish_*`` functions only hand that output to
-Prefect. A stage costs one table artifact, plus one markdown artifact when it is decoded, published
-once the stage is decoded (so the table names its audio).
+functions so they can be tested on their output; the ``publish_*`` functions only queue that output
+for ``prefect_acestep.tasks.publishing``, which sends it to the API in the background. A stage costs
+one table artifact, plus one markdown artifact when it is decoded, published once the stage is
+decoded (so the table names its audio).
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from prefect.artifacts import (
-    MarkdownArtifact,
-    TableArtifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import MarkdownArtifact, TableArtifact
 
 from prefect_acestep.stages.engine.loop import StepInfo
 from prefect_acestep.stages.params import StageParams
@@ -31,6 +26,7 @@ from prefect_acestep.stages.results import StageResult
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.listen import Links, link_line, listen_section
 from prefect_acestep.tasks.previews import Preview
+from prefect_acestep.tasks.publishing import Progress, publish, publisher
 
 def key_values(values: Mapping[str, Any], empty: str) -> str:
     """``name=value, ...``, or ``empty`` when there are none."""
@@ -216,22 +212,26 @@ def publish_stage(
     the stage's task run."""
     first = results[0]
     stage = first.params.stage_type
-    TableArtifact(
-        table=stage_rows(results, links),
-        description=f"{stage} stage: latents, seeds, steps, checkpoints, run-form links, timings and the plan (LM metadata)",
-        task_run_id=task_run_id,
-    ).create()
-    if listen is not None:
-        MarkdownArtifact(
-            markdown=listen,
-            key=key,
-            description=f"Listen: {stage} {first.latent_id} (player and spectrogram)",
+    publish(
+        TableArtifact(
+            table=stage_rows(results, links),
+            description=f"{stage} stage: latents, seeds, steps, checkpoints, run-form links, timings and the plan (LM metadata)",
             task_run_id=task_run_id,
-        ).create()
+        )
+    )
+    if listen is not None:
+        publish(
+            MarkdownArtifact(
+                markdown=listen,
+                key=key,
+                description=f"Listen: {stage} {first.latent_id} (player and spectrogram)",
+                task_run_id=task_run_id,
+            )
+        )
 
 
 def publish_markdown(markdown: str, key: str, description: str) -> None:
-    create_markdown_artifact(markdown=markdown, key=key, description=description)
+    publish(MarkdownArtifact(markdown=markdown, key=key, description=description))
 
 
 PROGRESS_INTERVAL_S = 0.5
@@ -242,24 +242,25 @@ class DiffusionProgress:
     """A progress artifact that follows the diffusion steps of one stage run.
 
     Each write is an API call, and a fast backend finishes a step in milliseconds, so steps are
-    written at most every ``PROGRESS_INTERVAL_S`` (faster than a person reads a progress bar);
-    the first and the last step are always written, so a finished run shows 100%.
+    handed to the publisher at most every ``PROGRESS_INTERVAL_S`` (faster than a person reads a
+    progress bar), which sends only the newest of those still waiting; the first and the last step
+    are always handed over, so a finished run shows 100%.
     """
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self.artifact_id: UUID | None = None
+        self.bar: Progress | None = None
         self._written_at = 0.0
 
     def __call__(self, info: StepInfo) -> None:
         now = time.monotonic()
         last = info.step + 1 == info.total_steps
-        if self.artifact_id is not None and not last and now - self._written_at < PROGRESS_INTERVAL_S:
+        if self.bar is not None and not last and now - self._written_at < PROGRESS_INTERVAL_S:
             return
         percent = 100.0 * (info.step + 1) / info.total_steps
         text = f"{self.description}: step {info.step + 1}/{info.total_steps} (t={info.t:.3f})"
-        if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(progress=percent, description=text)
+        if self.bar is None:
+            self.bar = publisher().progress(percent, text)
         else:
-            update_progress_artifact(artifact_id=self.artifact_id, progress=percent, description=text)
+            self.bar.update(percent, text)
         self._written_at = now

@@ -1,19 +1,32 @@
-"""The latent store as a Prefect block, so a deployment names its store by block document.
+"""The latent store as a Prefect block, so a deployment names its store by block document, and the
+block the stage cache keeps its results in beside a remote store.
 
 This module is what the ``prefect.collections`` entry point imports: the server registers the block
-type without a ``prefect block register`` call. It stays light (no torch at import) because Prefect
-imports every collection on startup.
+types without a ``prefect block register`` call (and a process reading a cached result finds the
+cache's block class). It stays light (no torch at import) because Prefect imports every collection
+on startup.
+
+Storage options may hold credentials (an ``endpoint_url`` with ``user:password``, a ``secret``, an
+SSE-C key deep in ``s3_additional_kwargs``), so both blocks keep them as Prefect's ``SecretDict``:
+the Prefect server stores block documents encrypted and shows every value of a secret field as
+``********`` in the UI and the API. Where no block needs them, credentials are still best given
+through the environment, a profile or an instance role.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from urllib.parse import urlsplit
+
+import fsspec
 from pydantic import Field
 
 from prefect.blocks.core import Block
+from prefect.filesystems import RemoteFileSystem
+from prefect.types import SecretDict
 
 from prefect_acestep.tasks.open_stores import open_store
 
@@ -63,12 +76,13 @@ class AceLatentStore(Block):
             "s3://bucket/prefix shared by several machines."
         ),
     )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict,
+    storage_options: SecretDict = Field(
+        default_factory=lambda: SecretDict({}),
         title="Storage options",
         description=(
-            "For a URL root only: fsspec options such as endpoint_url or profile. Stored in plain "
-            "text, so no credentials here: give them through the environment or a profile."
+            "For a URL root only: fsspec options such as endpoint_url or profile. Kept as a secret "
+            "(the UI and API show its values as ********); credentials are still best given through "
+            "the environment, a profile or an instance role."
         ),
     )
     ttl_hours: float = Field(
@@ -100,4 +114,41 @@ class AceLatentStore(Block):
     def get_store(self) -> "LatentStore":
         """The store this block configures, opened once per process and shared by its tasks and
         threads (``prefect_acestep.tasks.open_stores``)."""
-        return open_store(self.root, self.ttl_hours, self.max_bytes, self.storage_options)
+        return open_store(self.root, self.ttl_hours, self.max_bytes, self.storage_options.get_secret_value())
+
+
+class AceCacheStorage(RemoteFileSystem):
+    """Prefect's ``RemoteFileSystem`` with its fsspec settings kept as a secret: where the stage
+    cache writes its records and results beside a remote latent store (``s3://.../.prefect-cache``).
+
+    The settings are the latent store's storage options, which may hold credentials; Prefect's own
+    ``RemoteFileSystem`` keeps its settings in plain view. The cache saves one of these per store
+    (``prefect_acestep.tasks.cache_storage``); nobody needs to create one by hand.
+    """
+
+    _block_type_name: ClassVar[str] = "ACE Cache Storage"
+    _block_type_slug: ClassVar[str] = "ace-cache-storage"
+    _description: ClassVar[str] = (
+        "Where the ACE-Step stage cache keeps its records and results beside a remote latent store."
+    )
+    _documentation_url: ClassVar[str] = f"{PROJECT_URL}#the-stage-cache-beside-a-remote-store"
+    _logo_url: ClassVar[str] = f"{RAW_URL}/tasks/{LOGO_FILE}"
+    _code_example: ClassVar[str] = """
+        ```python
+        from prefect_acestep.tasks.blocks import AceCacheStorage
+
+        storage = AceCacheStorage.load("BLOCK_NAME")
+        data = storage.read_path("stage-0123-0")
+        ```
+    """
+
+    settings: SecretDict = Field(  # type: ignore[assignment]
+        default_factory=lambda: SecretDict({}),
+        description="fsspec settings (the latent store's storage options), kept as a secret.",
+    )
+
+    @property
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        if not self._filesystem:
+            self._filesystem = fsspec.filesystem(urlsplit(self.basepath).scheme, **self.settings.get_secret_value())
+        return self._filesystem

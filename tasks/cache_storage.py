@@ -5,14 +5,15 @@ into. Beside a local store it is three local directories under ``<root>/.prefect
 remote store (``s3://...``) the records and results are remote too, so that a cache hit on one
 machine is a hit on every machine sharing the bucket:
 
-- cache records (Prefect's ``key_storage``): an unsaved ``RemoteFileSystem`` block at
+- cache records (Prefect's ``key_storage``): an unsaved ``AceCacheStorage`` block (Prefect's
+  ``RemoteFileSystem`` with secret settings, ``prefect_acestep.tasks.blocks``) at
   ``<root>/.prefect-cache/keys``, which Prefect accepts as is;
 - results (``result_storage``): Prefect's ``Task`` takes only a *saved* block (or a local path)
   there, because a result record names its storage by block document ID for whoever reads it
-  later. So a ``RemoteFileSystem`` at ``<root>/.prefect-cache/results`` is saved once per store
+  later. So an ``AceCacheStorage`` at ``<root>/.prefect-cache/results`` is saved once per store
   and options under a name derived from both (``ace-cache-<hash>``) and referenced by slug. Its
-  ``settings`` (the store's storage options) are stored unencrypted, which is why credentials in
-  the storage options are refused here: give them through the environment or a profile.
+  settings are the store's storage options, kept as a secret (credentials among them are shown
+  as ``********`` by the UI and the API).
 - locks (isolation SERIALIZABLE, so two runs of one key compute once): ``prefect_acestep.tasks.locking``'s
   ``StageLockManager`` (Prefect's file locks) in a local directory, for a remote store this host's
   cache directory (``prefect_acestep.stages.store.remote.host_cache_dir``). File locks are per host: two hosts racing on the
@@ -32,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.filesystems import RemoteFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.settings import PREFECT_API_URL
 
 from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.store.remote import host_cache_dir, split_url
-from prefect_acestep.tasks.blocks import AceLatentStore
+from prefect_acestep.tasks.blocks import AceCacheStorage, AceLatentStore
 from prefect_acestep.tasks.locking import StageLockManager
 
 CACHE_DIR = ".prefect-cache"
@@ -47,15 +47,9 @@ CACHE_DIR = ".prefect-cache"
 LOCK_MANAGER_ENV = "ACE_CACHE_LOCK_MANAGER"
 """``module:attribute`` naming a Prefect ``LockManager`` instance to use for the stage cache."""
 
-_CREDENTIAL_OPTIONS = frozenset(
-    {"key", "secret", "token", "password", "access_key", "secret_key", "session_token",
-     "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class CacheStorage:
-    key_storage: RemoteFileSystem | Path
+    key_storage: AceCacheStorage | Path
     result_storage: str | Path
     lock_manager: LockManager
 
@@ -66,12 +60,11 @@ def cache_storage(store: AceLatentStore) -> CacheStorage:
     if url is None:
         base = Path(store.root).expanduser() / CACHE_DIR
         return CacheStorage(base / "keys", base / "results", _lock_manager(base / "locks"))
-    options = dict(store.storage_options)
-    _refuse_credentials(options)
+    options = store.storage_options.get_secret_value()
     root = f"{url[0]}://{url[1]}/{CACHE_DIR}"
     locks = host_cache_dir(f"{url[0]}://{url[1]}", options, None) / "cache-locks"
     return CacheStorage(
-        RemoteFileSystem(basepath=f"{root}/keys", settings=options),
+        AceCacheStorage(basepath=f"{root}/keys", settings=options),
         _saved_block(f"{root}/results", options),
         _lock_manager(locks),
     )
@@ -93,24 +86,12 @@ def _lock_manager(default_directory: Path) -> LockManager:
     return manager
 
 
-def _refuse_credentials(options: dict[str, Any], where: str = "storage_options") -> None:
-    for name, value in options.items():
-        if name.lower() in _CREDENTIAL_OPTIONS:
-            raise InvalidStageRequest(
-                f"{where}[{name!r}] looks like a credential; the stage cache saves the storage options "
-                "unencrypted in a Prefect RemoteFileSystem block. Give credentials through the "
-                "environment (AWS_ACCESS_KEY_ID, ...), a profile or an instance role instead"
-            )
-        if isinstance(value, dict):
-            _refuse_credentials(value, f"{where}[{name!r}]")
-
-
 _saved: dict[tuple[str, str], str] = {}
 _saved_lock = threading.Lock()
 
 
 def _saved_block(basepath: str, options: dict[str, Any]) -> str:
-    """The slug of a saved ``RemoteFileSystem`` at ``basepath``, saving it on first use against this
+    """The slug of a saved ``AceCacheStorage`` at ``basepath``, saving it on first use against this
     Prefect API (see the module docstring for why it must be saved)."""
     identity = json.dumps({"basepath": basepath, "settings": options}, sort_keys=True, default=str)
     name = "ace-cache-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
@@ -118,11 +99,11 @@ def _saved_block(basepath: str, options: dict[str, Any]) -> str:
     with _saved_lock:
         if key not in _saved:
             try:
-                existing = RemoteFileSystem.load(name)
-                current = existing.basepath == basepath and existing.settings == options
+                existing = AceCacheStorage.load(name)
+                current = existing.basepath == basepath and existing.settings.get_secret_value() == options
             except ValueError:  # no block of that name yet
                 current = False
             if not current:
-                RemoteFileSystem(basepath=basepath, settings=options).save(name, overwrite=True)
-            _saved[key] = f"remote-file-system/{name}"
+                AceCacheStorage(basepath=basepath, settings=options).save(name, overwrite=True)
+            _saved[key] = f"{AceCacheStorage.get_block_type_slug()}/{name}"
         return _saved[key]

@@ -5,7 +5,8 @@ A plan is a pure function of the request (text, metas, LM settings, seed) and th
 twice is one LM run. The plan then goes to the stage task as an input (and into its cache key), and
 onto every latent it conditions as ``lm_metadata``. A plan holds no latent IDs, so unlike the stage
 cache a hit needs no check against the store; it is kept beside the store (shared by every worker
-that shares the store) for the store's TTL.
+that shares the store) for the store's TTL. Like the stage tasks it carries no tags (a tagged task
+run costs an API call for Prefect's tag concurrency check); its run name says the backend.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ plan_task: Task[..., Plan] = task(
     name="plan",
     task_run_name=_run_name,
     description="Plan a song with the backend's planner (the 5 Hz LM on acestep): metadata, caption, audio codes.",
-    tags=["acestep", "plan"],
     cache_policy=PlanCachePolicy(),
     **TRANSIENT_RETRIES,
     persist_result=True,
@@ -97,6 +97,5 @@ def plan_for_stage(params: StageParams, store: AceLatentStore) -> tuple[StagePar
         ),
         cache_expiration=timedelta(hours=store.ttl_hours),
         result_storage=storage.result_storage,
-        tags=["acestep", "plan", f"backend:{params.backend}"],
     )
     return params, planner(plan_request(params, params.seed), params.backend)

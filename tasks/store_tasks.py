@@ -1,20 +1,24 @@
 """Tasks around the store: decode to audio files, import audio, pin/unpin, gc.
 
 Decode and import retry transient failures like the stage tasks (a flaky disk or URL); pin, unpin
-and gc are quick metadata changes that either work or name the latent that is wrong.
+and gc are quick metadata changes that either work or name the latent that is wrong. Like the stage
+tasks they carry no tags: a tagged task run costs an API call for Prefect's tag concurrency check.
 """
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.runtime import task_run as current_task_run
 
 from prefect_acestep.stages.audio_import import import_audio_latent
 from prefect_acestep.stages.backends.registry import load_backend
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
+from prefect_acestep.stages.redact import scrub_url
 from prefect_acestep.stages.store import GcReport
 from prefect_acestep.tasks.artifacts import gc_markdown, publish_markdown
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import backend_slot, configured_limit
+from prefect_acestep.tasks.publishing import publisher
 from prefect_acestep.tasks.retries import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_if_transient
 
 _retrying = dict(
@@ -25,7 +29,7 @@ _retrying = dict(
 )
 
 
-@task(name="decode", task_run_name="decode {latent_id}", tags=["acestep", "decode"], **_retrying)
+@task(name="decode", task_run_name="decode {latent_id}", **_retrying)
 def decode_task(
     latent_id: str,
     store: AceLatentStore,
@@ -43,7 +47,12 @@ def decode_task(
     return [str(path) for path in paths]
 
 
-@task(name="import-audio", task_run_name="import {source}", tags=["acestep", "import"], **_retrying)
+def _import_run_name() -> str:
+    """``import <source>``, with any credentials in a URL scrubbed (a run name is shown to everyone)."""
+    return f"import {scrub_url(str(current_task_run.parameters['source']))}"
+
+
+@task(name="import-audio", task_run_name=_import_run_name, **_retrying)
 def import_audio_task(
     source: str, store: AceLatentStore, backend: str = "embedded", variant: str = "turbo", pin: bool = False
 ) -> str:
@@ -53,21 +62,22 @@ def import_audio_task(
         return import_audio_latent(source, store.get_store(), load_backend(backend, variant=variant), pin=pin)
 
 
-@task(name="pin", task_run_name="pin {latent_id}", tags=["acestep"])
+@task(name="pin", task_run_name="pin {latent_id}")
 def pin_task(latent_id: str, store: AceLatentStore) -> str:
     store.get_store().pin(latent_id)
     return latent_id
 
 
-@task(name="unpin", task_run_name="unpin {latent_id}", tags=["acestep"])
+@task(name="unpin", task_run_name="unpin {latent_id}")
 def unpin_task(latent_id: str, store: AceLatentStore) -> str:
     store.get_store().unpin(latent_id)
     return latent_id
 
 
-@task(name="gc", tags=["acestep", "maintenance"])
+@task(name="gc")
 def gc_task(store: AceLatentStore) -> GcReport:
     """Collect expired latents (and evict to the byte budget); publish what was removed and why."""
     report = store.get_store().gc()
     publish_markdown(gc_markdown(report, store.root), key="acestep-gc", description="Latent store gc report")
+    publisher().task_done()
     return report

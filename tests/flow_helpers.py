@@ -208,6 +208,11 @@ def pipeline_request(stages: list[dict[str, Any]], **shared: Any) -> PipelineReq
     return PipelineRequest.model_validate(body)
 
 
+def stage_params(backend: str, **fields: Any) -> StageParams:
+    """Short stage params on ``backend`` (seed 7 unless given), for ``run_stage`` without Prefect."""
+    return StageParams.model_validate({"caption": CAPTION, "backend": backend, "seed": 7, **SHORT_STAGE, **fields})
+
+
 def custom_request(backend: str, **fields: Any) -> GenerateRequest:
     """A short custom-mode request on ``backend`` (seed 5 unless given)."""
     return GenerateRequest.model_validate({"caption": CAPTION, "backend": backend, "seed": 5, **SHORT_STAGE, **fields})

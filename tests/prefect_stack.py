@@ -91,16 +91,18 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, processes: Pro
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{processes.logs()}")
 
 
-def start_server(processes: Processes, home: Path, ui: bool) -> str:
+def start_server(processes: Processes, home: Path, ui: bool, **settings: str) -> str:
     """`prefect server start` on a free loopback port (with its UI, talking to this API, when
-    ``ui``); returns the API URL once /api/health answers."""
+    ``ui``; with extra Prefect ``settings`` in its environment); returns the API URL once
+    /api/health answers."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = stack_env(
         home,
         PREFECT_SERVER_UI_ENABLED="true" if ui else "false",
-        PREFECT_API_SERVICES_SCHEDULER_ENABLED="true",
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="true",
         PREFECT_SERVER_API_HOST="127.0.0.1",
+        **settings,
     )
     if ui:
         env["PREFECT_SERVER_UI_API_URL"] = api

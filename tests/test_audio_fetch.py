@@ -109,10 +109,11 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def no_proxy(monkeypatch) -> None:
-    """A proxy configured in the environment must not intercept the loopback server."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
+def loopback_allowed(monkeypatch) -> None:
+    """The test servers listen on 127.0.0.1, which a worker refuses unless its configuration allows
+    it: these tests allow loopback explicitly, as a worker importing from its own host would."""
+    monkeypatch.setenv("ACE_AUDIO_ALLOWED_NETWORKS", "127.0.0.0/8")
+    monkeypatch.delenv("ACE_AUDIO_CROSS_HOST_REDIRECTS", raising=False)
 
 
 def listing(directory) -> list[str]:

@@ -32,8 +32,8 @@ def _collection_blocks() -> list[type[Block]]:
 BLOCKS = _collection_blocks()
 
 
-def test_the_collection_registers_the_latent_store_block() -> None:
-    assert [cls.get_block_type_slug() for cls in BLOCKS] == ["ace-latent-store"]
+def test_the_collection_registers_the_latent_store_and_cache_storage_blocks() -> None:
+    assert sorted(cls.get_block_type_slug() for cls in BLOCKS) == ["ace-cache-storage", "ace-latent-store"]
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda cls: cls.__name__)

@@ -6,7 +6,9 @@ deployments/serve.py without a work pool."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -181,3 +183,57 @@ def test_serve_script_serves_the_same_deployments(stack):
     ids = _latent_ids(api.artifacts(flow_run_id))
     assert list(ids) == ["generate"]
     _check_stored(root / "serve-latents", ids["generate"], flow_run_id)
+
+
+def _finished(api: Api, flow_run_id: str, processes: Processes) -> dict:
+    def done() -> dict | None:
+        run = api.flow_run(flow_run_id)
+        return run if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+
+    return wait_for(f"flow run {flow_run_id} to finish", done, timeout=120, processes=processes)
+
+
+def test_a_deployment_run_writes_audio_only_under_the_workers_audio_root(stack, tmp_path):
+    """Issue 14, item 3: ``out_dir`` from a run form stays under the worker's ACE_AUDIO_DIR. Before,
+    ``../x`` and any absolute path were written to. A folder under the root is fine; ``..`` and an
+    absolute path elsewhere fail the run before any stage, and nothing is written there."""
+    root, api_url, processes = stack
+    env = _client_env(root, api_url, "roots")
+    api = Api(api_url)
+    for proc, log in processes.started:  # another serve.py of the same names would take runs too
+        if log.stem == "serve" and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    for deployment in api.deployments():
+        api.delete(f"/deployments/{deployment['id']}")
+    processes.start("serve-roots", [sys.executable, str(REPO / "deployments" / "serve.py"), "custom"], env)
+    custom = wait_for("serve.py to register custom", lambda: next(
+        (d for d in api.deployments() if d["name"] == "custom" and d["work_pool_name"] is None), None
+    ), timeout=90, processes=processes)  # fmt: skip
+    request = {**SHORT_SONG, "seed": 9}
+    audio_root = root / "roots-audio"
+
+    inside = api.create_flow_run(custom["id"], {"request": request, "out_dir": "takes/one"})
+    assert _finished(api, inside, processes)["state_type"] == "COMPLETED", processes.logs()
+    assert [p.suffix for p in (audio_root / "takes" / "one").iterdir()] == [".wav"]
+
+    outside = tmp_path / "not-the-audio-root"
+    for out_dir in ("../escaped", str(outside), "~/escaped"):
+        run = _finished(api, api.create_flow_run(custom["id"], {"request": request, "out_dir": out_dir}), processes)
+        assert run["state_type"] == "FAILED" and "outside the audio root" in run["state"]["message"], run["state"]
+    assert not (root / "escaped").exists() and not outside.exists()
+    assert not (Path.home() / "escaped").exists()
+
+
+def test_no_deployment_parameter_says_where_work_runs_or_names_code():
+    """``variations_flow`` took ``dask_address``: a Dask scheduler sends pickled results, so a run
+    form could make the worker run anyone's code. Where work runs is the worker's environment
+    (ACE_DASK_ADDRESS) now; no flow parameter names a host, a lock manager or a module."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    for entry in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:
+        names = set(parameter_schema(load_flow_from_entrypoint(entry["entrypoint"])).properties)
+        assert not {name for name in names if any(word in name for word in ("address", "host", "url", "module"))}
+        assert names <= {"request", "store", "out_dir", "seeds", "n", "param_sets", "rank_by", "use_dask", "workers",
+                         "latent_id", "overrides"}, names  # fmt: skip

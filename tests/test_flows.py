@@ -15,6 +15,7 @@ import torch
 from prefect_acestep import gc_flow, generate_flow, pipeline_flow, replay_flow
 from prefect_acestep.stages.audio import load_audio, read_audio_metadata, write_audio
 from prefect_acestep.stages.conversions import custom_to_params, custom_to_stage, restore, stage_to_custom
+from prefect_acestep.stages.errors import InvalidStageRequest
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
@@ -224,3 +225,20 @@ def test_a_missing_latent_fails_with_its_id_and_nothing_runs(tmp_path: Path, mod
     assert len(store().list()) == before + 1
     state = generate_flow(custom(init_latent_id=missing, t_start=0.5), out_dir=str(tmp_path), return_state=True)
     assert state.is_failed() and f"latent {missing} not found" in state.message
+
+
+def test_out_dir_is_a_folder_under_the_audio_root_or_the_callers_own_absolute_path(
+    latent_dir: Path, tmp_path: Path, model
+) -> None:
+    """A relative ``out_dir`` lands under ACE_AUDIO_DIR and may not climb out of it; an absolute one
+    is the Python caller's own choice (a deployment run's must lie under the root:
+    ``tests/test_deployments.py``). Refused before any stage runs."""
+    [result] = generate_flow(custom(seed=21), out_dir="takes/one")
+    assert Path(result.audio_path).parent == tmp_path / "audio" / "takes" / "one"
+    [result] = generate_flow(custom(seed=21), out_dir=str(tmp_path / "mine"))
+    assert Path(result.audio_path).parent == tmp_path / "mine"
+    model.reset()
+    for escaping in ("../escaped", "takes/../../escaped"):
+        with pytest.raises(InvalidStageRequest, match="outside the audio root"):
+            generate_flow(custom(seed=22), out_dir=escaping)
+    assert model.calls["velocity"] == 0 and not (tmp_path / "escaped").exists()

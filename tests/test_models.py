@@ -565,3 +565,23 @@ def test_stage_result_rejects(overrides, needle):
     with pytest.raises(ValidationError) as caught:
         make_result(**overrides)
     assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "reason"),
+    [
+        (StageParams, "lyrics", "la " * 20_000, "at most 6000 characters"),  # 60 KB: failed only at decode
+        (StageParams, "caption", "c" * 2_001, "at most 2000 characters"),
+        (StageParams, "caption", "warm piano \ud800", "unicode"),  # failed in the text encoder, after diffusion
+        (StageParams, "lyrics", "[verse]\udfff", "unicode"),
+        (GenerateRequest, "lyrics", "x" * 512 * 1024, "at most 6000 characters"),  # Prefect's 422 before
+    ],
+)
+def test_free_text_is_bounded_and_must_be_text_at_validation(model, field: str, value: str, reason: str) -> None:
+    """Issue 14, item 7: caption and lyrics had no bound, and a lone surrogate passed validation."""
+    with pytest.raises(ValidationError, match=reason) as caught:
+        model.model_validate({field: value})
+    assert caught.value.errors()[0]["loc"] == (field,)
+    with pytest.raises(ValidationError, match=reason):  # the same in a pipeline stage's override
+        PipelineRequest.model_validate({"stages": [{"stage_type": "generate", field: value}]})
+    model.model_validate({field: "[verse] ünïcödé ✓ 音楽 " * 10})

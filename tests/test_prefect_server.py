@@ -1,5 +1,7 @@
-"""Guards the pinned Prefect/fastapi pair: Prefect 3.8's server fails to start with fastapi >= 0.142
-(`Body() got an unexpected keyword argument 'min_items'`), so a bad resolution must fail CI here."""
+"""Guards the pinned Prefect stack: the server must start and run a flow with the locked fastapi and
+SQLAlchemy (Prefect 3.8's server failed to start with fastapi >= 0.142, and its scheduler failed
+with SQLAlchemy 2.1; ``tests/test_schedules_fire.py`` covers the scheduler), so a bad resolution
+fails CI here."""
 
 from __future__ import annotations
 

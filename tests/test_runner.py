@@ -14,10 +14,9 @@ from prefect_acestep.stages.errors import IncompatibleLatent, InvalidStageReques
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.runner import GENERATOR_STATES_KEY, MOMENTUM_KEY, Provenance, run_stage
 from prefect_acestep.stages.store import LatentStore
-from tests.flow_helpers import SHORT_STAGE, counting, register_counting
+from tests.flow_helpers import counting, register_counting, stage_params
 
 BACKEND = "counting-runner"
-CAPTION = "warm piano ballad with soft drums"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,7 +30,7 @@ def store(tmp_path: Path) -> LatentStore:
 
 
 def params(**fields) -> StageParams:
-    return StageParams.model_validate({"caption": CAPTION, "backend": BACKEND, "seed": 7, **SHORT_STAGE, **fields})
+    return stage_params(BACKEND, **fields)
 
 
 def stored_files(store: LatentStore) -> int:

@@ -245,17 +245,27 @@ def test_path_traversal_and_malformed_ids_are_rejected_everywhere(
 def test_flipped_bit_in_tensor_file_is_corrupt(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", extras={"m": torch.ones(4)})
     flip_bit_in(place, latent_id, "latent")
-    with pytest.raises(LatentCorrupt, match=f"{latent_id}.*digest") as caught:
+    with pytest.raises(LatentCorrupt, match=f"{latent_id}.*digest.*corrupt, quarantined at .*corrupt/{latent_id}") as caught:
         store.get(latent_id)
     assert caught.value.latent_id == latent_id
+    # Set aside (kept for inspection) and tombstoned, journaled: every handle and a rebuilt index
+    # agree that it is gone and why; gc has nothing left to do for it.
+    assert place.exists(f"corrupt/{latent_id}.safetensors") and not place.exists(latent_rel(latent_id))
+    assert not store.exists(latent_id) and store.list() == []
+    assert b'"reason":"corrupt"' in b"".join(place.journal_lines())
+    place.forget_index()
+    with pytest.raises(LatentCorrupt, match="quarantined at"):
+        place.open().get(latent_id)
+    assert store.gc().removed == []
 
 
 def test_flipped_bit_in_extras_is_corrupt(place: Place, store: LatentStore) -> None:
     latent_id = store.put(latent(), stage_type="generate", extras={"zz": torch.zeros(64)})
     flip_bit_in(place, latent_id, "extra.zz")
     store.get(latent_id)  # the latent itself is intact
-    with pytest.raises(LatentCorrupt, match="extras digest"):
+    with pytest.raises(LatentCorrupt, match="extras digest.*quarantined at"):
         store.get_extras(latent_id)
+    assert not store.exists(latent_id)  # a resume would read the extras: the latent as a whole is gone
 
 
 @pytest.mark.parametrize(
@@ -277,6 +287,7 @@ def test_damaged_or_foreign_file_is_corrupt(place: Place, store: LatentStore, da
     place.write(latent_rel(latent_id), damaged)
     with pytest.raises(LatentCorrupt, match=reason):
         store.get(latent_id)
+    assert place.exists(f"corrupt/{latent_id}.safetensors") and not store.exists(latent_id)
 
 
 def test_file_removed_behind_the_stores_back_is_corrupt_then_tombstoned_by_gc(
@@ -520,7 +531,7 @@ def test_unreadable_file_found_at_rebuild_is_quarantined(place: Place) -> None:
     second = place.open()
     assert [r.id for r in second.list()] == [good]
     assert place.exists(f"corrupt/{bad}.safetensors") and not place.exists(latent_rel(bad))
-    with pytest.raises(LatentCorrupt, match="moved"):
+    with pytest.raises(LatentCorrupt, match="quarantined at"):
         second.get(bad)
 
 

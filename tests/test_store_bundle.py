@@ -188,7 +188,7 @@ def _no_manifest(tensors: dict, metadata: dict) -> None:
         (_traversal_id, "malformed.*InvalidLatentId"),
         (_duplicate_entry, "twice"),
         (_stray_tensor, "do not match its manifest"),
-        (_missing_tensor, "malformed"),
+        (_missing_tensor, "do not match its manifest"),
         (_bad_record, "(?s)malformed.*stage_type"),
         (_no_manifest, "manifest"),
     ],
@@ -269,3 +269,66 @@ def test_import_never_unpins_and_agrees_with_a_rebuild(
     source.close()
     source_place.forget_index()
     assert source_place.open().record(loose).pinned
+
+
+# --- hostile bundles (issue 14, item 7) -----------------------------------------------------------
+
+
+def test_a_device_or_a_huge_declared_tensor_is_refused_before_reading_it(
+    target_place: Place, target: LatentStore, tmp_path: Path
+) -> None:
+    """Before: ``latents import /dev/zero`` read the whole "file" into memory (MemoryError)."""
+    with pytest.raises(BundleError, match="not a regular file"):
+        target.import_bundle("/dev/zero")
+    path = LatentStore(tmp_path / "other").export_bundle(
+        [LatentStore(tmp_path / "other").put(torch.randn(1, 8, 64), stage_type="generate")], tmp_path / "b.bundle"
+    )
+    data = path.read_bytes()
+    header, start = split_header(data)
+    header["0"] = {"dtype": "F32", "shape": [2**31], "data_offsets": [0, 2**33]}  # claims 8 GiB
+    forged = json.dumps(header).encode()
+    path.write_bytes(len(forged).to_bytes(8, "little") + forged + data[start:])
+    with pytest.raises(BundleError, match="tensor '0' is not a tensor of at most 1073741824 bytes"):
+        target.import_bundle(path)
+    assert store_state(target_place) == ([], [])
+
+
+def forge(path: Path, edit_record) -> None:
+    """Rewrite the records in a bundle's manifest (digests stay consistent: a forgery, not damage)."""
+
+    def edit(tensors: dict, metadata: dict) -> None:
+        manifest = json.loads(metadata["manifest"])
+        for entry in manifest:
+            edit_record(entry["record"])
+        metadata["manifest"] = json.dumps(manifest)
+
+    rewrite_bundle(path, edit)
+
+
+def test_a_forged_pin_never_protects_a_latent_already_in_the_store(
+    source: LatentStore, target: LatentStore, tmp_path: Path
+) -> None:
+    """Before: a bundle record claiming ``pinned`` with ``parent_ids`` naming an unrelated latent of
+    the target made that latent survive every gc."""
+    victim = target.put(torch.randn(1, 8, 64), stage_type="generate", ttl_hours=1)
+    carrier = source.put(torch.randn(1, 8, 64), stage_type="refine")
+    path = source.export_bundle([carrier], tmp_path / "forged.bundle")
+    forge(path, lambda record: record.update(pinned=True, parent_ids=[victim]))
+    assert target.import_bundle(path) == [carrier]
+    assert not target.record(carrier).pinned
+    report = target.gc(now=datetime.now(UTC) + timedelta(hours=3))
+    assert victim in {removed.id for removed in report.removed}
+
+
+def test_a_bundle_cannot_rewrite_a_latent_already_in_the_store(
+    source: LatentStore, target: LatentStore, tmp_path: Path
+) -> None:
+    """Same ID, same content, another record (pinned, a TTL of a century): this store's record,
+    pin and expiry stay."""
+    ids = chain(source)
+    path = source.export_bundle(ids[:1], tmp_path / "one.bundle")
+    target.import_bundle(path)
+    before = target.record(ids[0])
+    forge(path, lambda record: record.update(pinned=True, ttl_hours=876_000.0, pipeline_id="forged"))
+    assert target.import_bundle(path) == ids[:1]
+    assert target.record(ids[0]) == before

@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import sys
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from prefect_acestep.stages.errors import (
 from prefect_acestep.stages.storage_errors import storage_error
 from prefect_acestep.stages.store import LatentStore
 from prefect_acestep.stages.store.files import LATENTS_DIR
+from prefect_acestep.stages.store.index import ACCESS_FLUSH_S
 from prefect_acestep.tasks.retries import is_transient
 from tests.faulty_proxy import FaultyProxy, faulty_proxy
 from tests.s3_server import DUMMY_AWS_ENV, new_bucket, s3_server
@@ -95,6 +97,40 @@ def test_a_full_disk_is_storage_full_fails_fast_and_leaves_nothing_half_written(
     for seed, latent_id in enumerate(stored):
         assert torch.equal(store.get(latent_id), latent(seed=seed))
     assert torch.equal(store.get(store.put(latent(seed=99), stage_type="generate")), latent(seed=99))
+
+
+def fill(mount: Path) -> Path:
+    """Fill the filesystem to the last byte with a ballast file; return it."""
+    ballast = mount / "ballast-to-the-brim"
+    with ballast.open("wb", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return ballast
+
+
+def test_reads_never_need_a_write_and_lru_order_survives_a_full_disk(small_tmpfs: Path) -> None:
+    """Before: every get wrote an access time into the index, so on a full disk every read failed
+    with "database or disk is full". Reads now succeed; the accesses they made stay in memory and
+    reach the index once there is room, so LRU eviction still sees them."""
+    store = LatentStore(small_tmpfs / "store", max_bytes=200 * 1024)
+    older = store.put(latent(seed=1), stage_type="generate")
+    newer = store.put(latent(seed=2), stage_type="generate")
+    ballast = fill(small_tmpfs)
+    with pytest.raises(StorageFull):
+        store.put(latent(seed=3), stage_type="generate")
+    assert store.get_extras(newer) == {}
+    for _ in range(2):  # the second read comes after the batching interval: it tries to write, and fails
+        time.sleep(ACCESS_FLUSH_S + 0.1)
+        assert torch.equal(store.get(older), latent(seed=1))
+    assert [r.id for r in store.list()] == [newer, older] and store.exists(older)
+    ballast.unlink()  # room again: gc writes the pending accesses first, so the read of older counts
+    report = store.gc()
+    assert [removed.id for removed in report.removed] == [newer]
+    assert torch.equal(store.get(older), latent(seed=1))
 
 
 FILE_SIZE_LIMITED_WRITER = """

@@ -143,21 +143,22 @@ def test_unknown_invalid_and_refused_roots(remote: Remote, tmp_path: Path) -> No
         LatentStore(tmp_path / "local", storage_options={"endpoint_url": "http://127.0.0.1:1"})
 
 
-def test_corrupt_object_is_refused_and_set_aside_by_gc(remote: Remote) -> None:
+def test_corrupt_object_is_refused_and_set_aside(remote: Remote) -> None:
     store = remote.host()
     latent_id = store.put(latent(seed=2), stage_type="generate")
     rel = remote.path(f"latents/{latent_id}.safetensors")
     remote.fs.pipe_file(rel, flip_tensor_bit(remote.fs.cat_file(rel)))
-    with pytest.raises(LatentCorrupt, match="digest"):
-        store.get(latent_id)
+    with pytest.raises(LatentCorrupt, match="digest.*corrupt, quarantined at (s3|memory)://"):
+        store.get(latent_id)  # the first read sets it aside, journaled
+    assert remote.keys("corrupt") == [f"{latent_id}.safetensors"]
     other = store.put(latent(seed=3), stage_type="generate")
     other_rel = remote.path(f"latents/{other}.safetensors")
     remote.fs.pipe_file(other_rel, b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     fresh = remote.host("b")  # never saw it: finds the object, and refuses it
     with pytest.raises(LatentCorrupt):
         fresh.get(other)
-    fresh.gc()  # sets the unreadable file aside, journaled, so every host says why it is gone
-    assert remote.keys("corrupt") == [f"{other}.safetensors"]
+    fresh.gc()  # sets the file whose header is unreadable aside, so every host says why it is gone
+    assert remote.keys("corrupt") == sorted([f"{latent_id}.safetensors", f"{other}.safetensors"])
     with pytest.raises(LatentCorrupt, match="corrupt"):
         store.get(other)
 

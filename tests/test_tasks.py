@@ -13,9 +13,17 @@ from uuid import UUID
 import pytest
 import torch
 from prefect import flow, get_client
+from prefect.artifacts import MarkdownArtifact
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterTaskRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterId,
+    LogFilter,
+    LogFilterTaskRunId,
+)
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from prefect_acestep import generate_flow, pipeline_flow
 from prefect_acestep.stages.errors import InvalidStageRequest, TransientError
@@ -24,6 +32,7 @@ from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.results import StageResult
 from prefect_acestep.tasks.blocks import AceLatentStore
 from prefect_acestep.tasks.concurrency import GPU_LIMIT_ENV
+from prefect_acestep.tasks.publishing import publish, publisher
 from prefect_acestep.tasks.stage_tasks import stage_task_for
 from prefect_acestep.tasks.store_tasks import decode_task, import_audio_task
 from tests.flow_helpers import (
@@ -37,6 +46,7 @@ from tests.flow_helpers import (
     task_runs,
     wait_until,
 )
+from tests.prefect_stack import free_port
 
 BACKEND = "counting-tasks"
 pytestmark = pytest.mark.usefixtures("fast_prefect", "latent_dir", "counting_backend")
@@ -165,6 +175,49 @@ def test_a_pipeline_publishes_stage_tables_a_summary_and_progress(tmp_path: Path
     assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)
     task_ids = {run.id for run in task_runs(flow_run_id(state)) if not run.name.startswith("decode")}
     assert {a.task_run_id for a in progress} == task_ids == {a.task_run_id for a in tables}
+
+
+def test_a_task_outside_our_flows_has_sent_its_artifacts_when_it_returns() -> None:
+    """Artifacts go out from a background thread; a stage task run by someone else's flow (no
+    flow body of ours to wait for them) waits for its own before it ends."""
+    state = one_stage(params(seed=90), return_state=True)
+    tables = [a for a in artifacts(flow_run_id(state)) if a.type == "table"]
+    assert [json.loads(a.data)[0]["latent_id"] for a in tables] == [state.result()[0].latent_id]
+
+
+@flow
+def progress_bar(updates: int) -> UUID:
+    """A progress bar updated ``updates`` times while its creation is still queued, then again
+    after it was sent. The publisher's lock is held around each burst (the sending thread takes it
+    to pick the next write), so what coalesces does not depend on timing."""
+    sender = publisher()
+    before = sender.writes
+    with sender._lock:  # the sending thread cannot start the creation meanwhile
+        bar = sender.progress(0.0, "step 0")
+        for step in range(1, updates + 1):
+            bar.update(100.0 * step / (2 * updates), f"step {step}")
+    assert sender.flush() == [] and sender.writes - before == 1  # one creation, with the newest value
+    with sender._lock:
+        for step in range(updates + 1, 2 * updates + 1):
+            bar.update(100.0 * step / (2 * updates), f"step {step}")
+    assert sender.flush() == [] and sender.writes - before == 2  # plus one update, the newest
+    assert bar.artifact_id is not None
+    return bar.artifact_id
+
+
+def test_progress_updates_coalesce_to_the_newest_value() -> None:
+    artifact_id = progress_bar(50)
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])))
+    assert float(artifact.data) == 100.0 and artifact.description == "step 100"
+
+
+def test_a_write_the_api_refuses_is_reported_not_dropped() -> None:
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings(updates={PREFECT_API_URL: dead, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        publish(MarkdownArtifact(markdown="# hello", description="a report nobody receives"))
+    [error] = publisher().flush()
+    assert "'a report nobody receives'" in error and "markdown artifact" in error
 
 
 # --- logs --------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from distributed import Client, WorkerPlugin
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from prefect_acestep.flows.variations import local_cluster, variations_flow
+from prefect_acestep.flows.variations import DASK_ADDRESS_ENV, local_cluster, variations_flow
 from prefect_acestep.stages.requests import GenerateRequest
 from prefect_acestep.stages.runner import run_stage
 from prefect_acestep.stages.store import LatentStore
@@ -88,10 +88,13 @@ def _cross_process_overlaps(log: Path) -> tuple[set[int], int]:
 
 
 def _run(client: Client, tmp_path: Path, name: str, seeds: list[int]):
-    return variations_flow(
-        REQUEST, seeds=seeds, rank_by="loudness", store=None, out_dir=str(tmp_path / f"{name}-audio"),
-        use_dask=True, dask_address=client.scheduler_info()["address"],
-    )  # fmt: skip
+    """The variations on ``client``'s cluster, which this process (the worker) names in its
+    environment: where work runs is never a run parameter."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DASK_ADDRESS_ENV, client.scheduler_info()["address"])
+        return variations_flow(
+            REQUEST, seeds=seeds, rank_by="loudness", store=None, out_dir=str(tmp_path / f"{name}-audio"), use_dask=True
+        )
 
 
 def test_dask_workers_serialize_on_a_gpu_limit_of_one(cluster, gpu_limit, tmp_path, monkeypatch):

@@ -91,15 +91,16 @@ def _project_imports(path: Path) -> set[str]:
     return {name.removeprefix("prefect_acestep.stages.") for name in names if name.startswith("prefect_acestep.")}
 
 
-BOTTOM = ("errors", "vocabulary", "geometry", "processes", "storage_errors", "atomic")
+BOTTOM = ("errors", "vocabulary", "geometry", "processes", "redact", "storage_errors", "atomic")
 ALLOWED: dict[str, tuple[str, ...]] = {
     # package (a folder of stages/): the stages modules its modules may import
     "vocabulary.py": (),
     "geometry.py": (),
     "errors.py": (),
     "processes.py": (),
-    "storage_errors.py": ("errors",),
-    "atomic.py": ("processes", "storage_errors"),
+    "redact.py": (),
+    "storage_errors.py": ("errors", "redact"),
+    "atomic.py": ("errors", "processes", "storage_errors"),
     "audio": (*BOTTOM, "audio."),
     "backends": (*BOTTOM, "backends."),
     "engine": (*BOTTOM, "backends.protocol", "backends.identity", "engine."),

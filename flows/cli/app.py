@@ -4,7 +4,8 @@ A command that prints tables or sentences for people takes ``--json`` to print t
 scripts. A command whose output is a record or a request (``restore``, ``to-stage``,
 ``latents show``) prints it as a JSON document, which people and scripts read alike and
 ``generate --request`` reads back, so it takes no ``--json``. A typed error exits 2 with one line
-naming the latent or field and the reason.
+naming the latent or field and the reason. Which Prefect server the commands use, and the settings
+they run flows with, is ``prefect_acestep.flows.cli.server``'s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Annotated
 
 import typer
 
-from prefect_acestep.flows.cli import latents
+from prefect_acestep.flows.cli import latents, server
 from prefect_acestep.flows.cli.demo import run_demo
 from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
+from prefect_acestep.flows.cli.server import prefect_for_command
 from prefect_acestep.stages.conversions import custom_to_stage, restore
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
@@ -30,6 +32,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(latents.app, name="latents")
+app.add_typer(server.app, name="server")
+
+FLOW_COMMANDS = frozenset({"demo", "run", "generate", "simple"})
+
+
+@app.callback()
+def prefect_server(ctx: typer.Context) -> None:
+    """ACE-Step 1.5 stages as Prefect flows over persisted latent IDs.
+
+    Commands use the Prefect server at PREFECT_API_URL, else a local one (`prefect-acestep server
+    start`), else a temporary one per command."""
+    ctx.with_resource(prefect_for_command(runs_flows=ctx.invoked_subcommand in FLOW_COMMANDS))
 
 StoreOption = latents.StoreOption
 JsonOption = latents.JsonOption
@@ -43,14 +57,17 @@ def _results_table(hops: list[list[StageResult]]) -> None:
 
 
 def _out(out: Path | None) -> str | None:
-    return None if out is None else str(out)
+    """``--out`` as an absolute path: the command line runs the flows in this process, for the user
+    who typed it, so the directory is theirs to choose (relative to where they are, as a shell
+    path is), not a folder under the audio root as a deployment run's ``out_dir`` is."""
+    return None if out is None else str(out.expanduser().resolve())
 
 
 @app.command()
 def demo(out: OutOption = Path("out/demo"), store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Run the demo pipeline on the embedded backend, write audio files, resume from a checkpoint."""
     with typed_errors():
-        report = run_demo(out_dir=str(out), store=store)
+        report = run_demo(out_dir=_out(out), store=store)
         emit(report, as_json, lambda r: r.print())
 
 
@@ -138,9 +155,8 @@ def decode(
         paths = decode_latent(
             latents_store, latent_id, output.parent, sample_indices=sample, suffix=output.suffix or ".wav",
             stem=output.stem, normalize_dbfs=DEFAULT_NORMALIZE_DBFS if normalize else None,
+            exact_name=bool(output.suffix),
         )  # fmt: skip
-        if len(paths) == 1 and output.suffix:
-            paths = [paths[0].replace(output)]
         emit([str(p) for p in paths], as_json, lambda ps: typer.echo("\n".join(ps)))
 
 

@@ -3,7 +3,7 @@
 Everything the rest of the project calls is re-exported here; the submodules each do one job.
 """
 
-from prefect_acestep.stages.audio.convert import clamp, peak_guard, peak_normalize, resample, to_stereo
+from prefect_acestep.stages.audio.convert import clamp, peak_guard, peak_normalize, to_stereo
 from prefect_acestep.stages.audio.fetch import (
     DEFAULT_MAX_BYTES,
     DEFAULT_TIMEOUT_S,
@@ -12,6 +12,7 @@ from prefect_acestep.stages.audio.fetch import (
     import_audio,
 )
 from prefect_acestep.stages.audio.io import WRITE_FORMATS, load_audio, write_audio
+from prefect_acestep.stages.audio.network import FetchPolicy
 from prefect_acestep.stages.audio.metadata import read_audio_metadata
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_TOTAL_TIMEOUT_S",
     "WRITE_FORMATS",
+    "FetchPolicy",
     "clamp",
     "fetch_audio",
     "import_audio",
@@ -26,7 +28,6 @@ __all__ = [
     "peak_guard",
     "peak_normalize",
     "read_audio_metadata",
-    "resample",
     "to_stereo",
     "write_audio",
 ]

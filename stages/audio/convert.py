@@ -7,16 +7,14 @@ and guards decoded audio with ``wav /= max(1, peak)``; these are those steps, on
 
 from __future__ import annotations
 
-import numpy as np
-import soxr
 import torch
 
 from prefect_acestep.stages.errors import AudioError
-from prefect_acestep.stages.geometry import SAMPLE_RATE
 
 RESAMPLE_QUALITY = "VHQ"
-"""soxr's very-high-quality band-limited resampler: source audio is resampled once, on import, and
-conditions every later stage, so spending a few milliseconds more per minute of audio is cheap."""
+"""soxr's very-high-quality band-limited resampler (``io.load_audio`` streams through it): source
+audio is resampled once, on import, and conditions every later stage, so spending a few
+milliseconds more per minute of audio is cheap."""
 
 
 def to_stereo(audio: torch.Tensor, *, source: str = "audio") -> torch.Tensor:
@@ -34,15 +32,6 @@ def to_stereo(audio: torch.Tensor, *, source: str = "audio") -> torch.Tensor:
         f"{source}: has {channels} channels; only mono and stereo are supported "
         "(downmix it to stereo first, e.g. `ffmpeg -i in -ac 2 out.wav`)"
     )
-
-
-def resample(audio: torch.Tensor, from_rate: int, to_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Resample ``[channels, samples]`` with soxr, keeping duration (and therefore pitch)."""
-    if from_rate == to_rate:
-        return audio
-    frames_first = np.ascontiguousarray(audio.numpy().T, dtype=np.float32)
-    out = soxr.resample(frames_first, from_rate, to_rate, quality=RESAMPLE_QUALITY)
-    return torch.from_numpy(np.ascontiguousarray(out.T))
 
 
 def clamp(audio: torch.Tensor) -> torch.Tensor:

@@ -9,19 +9,28 @@ renames the finished file into place.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 from prefect_acestep.stages.atomic import staged_output
-from prefect_acestep.stages.audio.convert import clamp, peak_guard, resample, to_stereo
+from prefect_acestep.stages.audio.convert import RESAMPLE_QUALITY, clamp, peak_guard, to_stereo
 from prefect_acestep.stages.audio.metadata import SOFTWARE, encode_comment, read_audio_metadata
 from prefect_acestep.stages.errors import AudioError
-from prefect_acestep.stages.geometry import SAMPLE_RATE
+from prefect_acestep.stages.geometry import MAX_DURATION_S, SAMPLE_RATE
+
+MIN_RATE, MAX_RATE = 1_000, 768_000
+"""Sample rates accepted from a file's header (libsndfile reads whatever a header claims)."""
+MAX_DECODE_S = 2 * MAX_DURATION_S
+"""No file decodes past this, whatever the caller allows: the longest input a stage reads is
+``MAX_DURATION_S``; twice that leaves room for trimming on import."""
+_DECODE_BLOCK = 1 << 16
 
 WRITE_FORMATS: dict[str, tuple[str, str]] = {
     ".wav": ("WAV", "PCM_24"),
@@ -42,33 +51,75 @@ that format's default subtype."""
 def load_audio(path: str | Path, *, max_seconds: float | None = None, source: str | None = None) -> torch.Tensor:
     """Decode ``path`` to float32 ``[2, S]`` at 48 kHz, clamped to [-1, 1].
 
-    Zero samples, NaN/Inf samples, more than two channels, or (with ``max_seconds``) a longer
-    duration are ``AudioError``s naming ``source`` (default: the path). The duration is checked from
-    the header before decoding, so an over-long file is refused without reading it into memory.
+    Zero samples, NaN/Inf samples, more than two channels, a sample rate outside
+    ``MIN_RATE``..``MAX_RATE`` or (with ``max_seconds``; at most ``MAX_DECODE_S`` in any case) a
+    longer duration are ``AudioError``s naming ``source`` (default: the path). All of these are
+    read from the file's header before decoding, so a small file that claims hours of 8-channel
+    audio at 192 kHz (a decompression bomb) is refused without decoding it. Decoding then goes
+    block by block through a streaming resampler, stopping as soon as the file turns out longer
+    than its header said: memory holds the 48 kHz result and one block, whatever the source rate.
     Silence is accepted: it is valid (if dull) conditioning.
     """
     path = Path(path)
     label = str(path) if source is None else source
     if not path.is_file():
         raise AudioError(f"{label}: no such audio file")
+    limit = MAX_DECODE_S if max_seconds is None else min(max_seconds, MAX_DECODE_S)
     try:
-        info = sf.info(str(path))
-        _check_duration(info.frames, info.samplerate, max_seconds, label)
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            _check_header(f.frames, f.channels, f.samplerate, limit, label)
+            data = _decode(f, math.floor(limit * f.samplerate), label)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{label}: not a readable audio file ({exc})") from exc
-    _check_duration(data.shape[0], rate, max_seconds, label)
-    if not np.isfinite(data).all():
-        raise AudioError(f"{label}: contains NaN or Inf samples")
-    audio = to_stereo(torch.from_numpy(np.ascontiguousarray(data.T)), source=label)
-    return clamp(resample(audio, rate, SAMPLE_RATE)).contiguous()
+    if data.shape[1] == 0:
+        raise AudioError(f"{label}: contains no audio samples")
+    return to_stereo(data.clamp_(-1.0, 1.0), source=label)
 
 
-def _check_duration(frames: int, rate: int, max_seconds: float | None, label: str) -> None:
+def _check_header(frames: int, channels: int, rate: int, max_seconds: float, label: str) -> None:
+    if channels not in (1, 2):
+        raise AudioError(
+            f"{label}: has {channels} channels; only mono and stereo are supported "
+            "(downmix it to stereo first, e.g. `ffmpeg -i in -ac 2 out.wav`)"
+        )
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{label}: sample rate {rate} Hz; {MIN_RATE}..{MAX_RATE} Hz are accepted")
     if frames <= 0:
         raise AudioError(f"{label}: contains no audio samples")
-    if max_seconds is not None and frames / rate > max_seconds:
+    if frames / rate > max_seconds:
         raise AudioError(f"{label}: is {frames / rate:.1f} s long; at most {max_seconds:g} s is accepted")
+
+
+def _decode(f: sf.SoundFile, max_frames: int, label: str) -> torch.Tensor:
+    """``[C, S]`` float32 at 48 kHz, read and resampled block by block (soxr's stream resampler
+    gives exactly its one-shot result) into one buffer sized from the header: the peak memory is
+    the result plus one block (and one copy more for a file whose header misstates its length)."""
+    stream = None
+    if f.samplerate != SAMPLE_RATE:
+        stream = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, f.channels, dtype="float32", quality=RESAMPLE_QUALITY)
+    out = torch.empty(f.channels, max(1, round(f.frames * SAMPLE_RATE / f.samplerate)))  # soxr's exact length
+    filled = read = 0
+
+    def place(chunk: np.ndarray) -> None:
+        nonlocal out, filled
+        if filled + chunk.shape[0] > out.shape[1]:  # longer than the header said (within max_frames)
+            out = torch.cat([out, torch.empty(f.channels, max(chunk.shape[0], out.shape[1] // 2))], dim=1)
+        out[:, filled : filled + chunk.shape[0]] = torch.from_numpy(chunk.T)
+        filled += chunk.shape[0]
+
+    for block in f.blocks(blocksize=_DECODE_BLOCK, dtype="float32", always_2d=True):
+        read += block.shape[0]
+        if read > max_frames:
+            raise AudioError(
+                f"{label}: decodes to more than {max_frames / f.samplerate:g} s (its header said "
+                f"{f.frames / f.samplerate:.1f} s); refused"
+            )
+        if not np.isfinite(block).all():
+            raise AudioError(f"{label}: contains NaN or Inf samples")
+        place(block if stream is None else stream.resample_chunk(block))
+    if stream is not None:
+        place(stream.resample_chunk(np.zeros((0, f.channels), dtype=np.float32), last=True))
+    return out if filled == out.shape[1] else out[:, :filled].contiguous()
 
 
 def write_audio(

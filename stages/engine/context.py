@@ -23,7 +23,7 @@ import torch
 
 from prefect_acestep.stages.backends.protocol import Backend, ConditionSpec
 from prefect_acestep.stages.errors import InvalidStageRequest
-from prefect_acestep.stages.geometry import FRAME_RATE
+from prefect_acestep.stages.geometry import FRAME_RATE, MAX_FRAMES
 from prefect_acestep.stages.vocabulary import MODEL_TASKS, TASKS, Task
 
 _FRAME_EPS = 1e-6
@@ -67,10 +67,19 @@ def task_rules(task: str) -> Task:
 
 
 def output_frames(task: str, source_frames: int, window: tuple[float, float] | None) -> int:
-    """Frames a task's output has: the source's, or more when a window outpaints."""
-    if task_rules(task).window != "none" and window is not None:
-        return window_geometry(source_frames, window).frames
-    return source_frames
+    """Frames a task's output has: the source's, or more when a window outpaints; never more than
+    the model's ``MAX_FRAMES`` (a window of -600..600 s over a short source would make 1200 s,
+    and a chain of such stages would grow until memory ran out)."""
+    if task_rules(task).window == "none" or window is None:
+        return source_frames
+    frames = window_geometry(source_frames, window).frames
+    if frames > MAX_FRAMES:
+        raise InvalidStageRequest(
+            f"repainting_start/repainting_end: the window [{window[0]:g}, {window[1]:g}) s over a "
+            f"{source_frames / FRAME_RATE:g} s source makes a {frames / FRAME_RATE:g} s result ({frames} frames); "
+            f"a stage makes at most {MAX_FRAMES / FRAME_RATE:g} s ({MAX_FRAMES} frames)"
+        )
+    return frames
 
 
 @dataclass(frozen=True)

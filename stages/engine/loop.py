@@ -111,6 +111,9 @@ class LoopRequest:
     checkpoint_steps: tuple[int, ...] = ()
     resume: LoopState | None = None
     on_step: Callable[[StepInfo], None] | None = None
+    on_checkpoint: Callable[[LoopState, float], None] | None = None
+    """Called with each checkpoint as it is taken (and the level the run started at); it is then
+    not kept in ``LoopResult.checkpoints``, so a caller that stores it holds one at a time."""
 
 
 @dataclass
@@ -193,13 +196,15 @@ def run_loop(backend: Backend, request: LoopRequest) -> LoopResult:
         t, t_next = values[i], values[i + 1]
         if i in checkpoint_steps:
             # No clone needed: x and momentum are never modified in place, only rebound.
-            checkpoints.append(
-                LoopState(
-                    step=i, x_t=x, t=t, schedule=list(values), variant=variant.name, steps=n, shift=schedule.shift,
-                    momentum=momentum, generator_states=[g.get_state() for g in gens], seeds=list(req.seeds),
-                    scheduler=schedule.mode,
-                )
-            )
+            state = LoopState(
+                step=i, x_t=x, t=t, schedule=list(values), variant=variant.name, steps=n, shift=schedule.shift,
+                momentum=momentum, generator_states=[g.get_state() for g in gens], seeds=list(req.seeds),
+                scheduler=schedule.mode,
+            )  # fmt: skip
+            if req.on_checkpoint is not None:
+                req.on_checkpoint(state, values[start])
+            else:
+                checkpoints.append(state)
         if i == ctx.switch_step and i > start:
             backend.reset_cache()
             regime = ctx.after

@@ -31,6 +31,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from prefect_acestep.stages.errors import InvalidStageRequest, StageError
+from prefect_acestep.stages.redact import scrub_url
 
 MEMORY_LOCK = threading.RLock()
 """Serializes every operation on fsspec's memory filesystem in this process (see module docstring)."""
@@ -198,7 +199,7 @@ def verify(adapter: ConditionalWrites, probe_dir: str, endpoint: str) -> None:
         adapter.fs.rm_file(probe)
     if first is None or second is not None:
         raise StageError(
-            f"latent store: the server at {endpoint or 'the default endpoint'} does not honour "
+            f"latent store: the server at {scrub_url(endpoint) or 'the default endpoint'} does not honour "
             "conditional writes (If-None-Match: *); the store's journal and lock need them"
         )
     with _verified_lock:

@@ -9,21 +9,30 @@ processes safe without the store lock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect_acestep.stages.errors import StoreBusy
+from loguru import logger
+
+from prefect_acestep.stages.errors import StageError, StoreBusy
 from prefect_acestep.stages.storage_errors import map_storage_errors
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.store.journal import RemovalReason
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
+ACCESS_FLUSH_S = 1.0
+"""Reads are written to the index in batches at most this often (``Index.note_access``)."""
+ACCESS_FLUSH_WAIT_S = 0.05
+"""How long a read's batch of access times waits for another writer before staying pending."""
+MAX_PENDING_ACCESSES = 100_000
 MAX_LINEAGE_DEPTH = 10_000
 """Bounds lineage walks, so a cycle smuggled in by a hand-made bundle cannot loop forever."""
 
@@ -120,6 +129,8 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._accesses: dict[str, float] = {}
+        self._flushed_at = time.monotonic()
         try:
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -142,6 +153,7 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
+            self.flush_accesses(wait_s=ACCESS_FLUSH_WAIT_S)
             self._db.close()
 
     @contextmanager
@@ -151,10 +163,11 @@ class Index:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # also after a failed COMMIT (a full disk), which leaves it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock, _typed_errors(self.path):
@@ -251,10 +264,44 @@ class Index:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('built', '1')")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def touch(self, latent_id: str, at: float) -> None:
-        """Record an access for LRU eviction. Outside an explicit transaction: one autocommit."""
-        with self._lock, _typed_errors(self.path):
-            self._db.execute("UPDATE records SET last_access = ? WHERE id = ?", (at, latent_id))
+    def note_access(self, latent_id: str, at: float) -> None:
+        """Remember a read for LRU eviction, without making the read depend on a write.
+
+        Accesses are kept in memory and written in one batch at most once per
+        ``ACCESS_FLUSH_S`` (and by ``flush_accesses``, which gc and ``close`` call). A batch that
+        cannot be written (a full disk, a read-only index, a writer holding the database) stays
+        pending for the next try: LRU order is advice for eviction, and a read must succeed on a
+        store that can no longer be written.
+        """
+        with self._lock:
+            self._accesses[latent_id] = at
+            if len(self._accesses) > MAX_PENDING_ACCESSES:
+                self._accesses.pop(next(iter(self._accesses)))
+            if time.monotonic() - self._flushed_at >= ACCESS_FLUSH_S:
+                self.flush_accesses(wait_s=ACCESS_FLUSH_WAIT_S)
+
+    def flush_accesses(self, wait_s: float = BUSY_TIMEOUT_S) -> bool:
+        """Write pending accesses; False (they stay pending) when the index cannot take the write
+        within ``wait_s``."""
+        with self._lock:
+            self._flushed_at = time.monotonic()
+            if not self._accesses:
+                return True
+            pending = list(self._accesses.items())
+            try:
+                self._db.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+                with self.transaction() as db:
+                    db.executemany("UPDATE records SET last_access = max(last_access, ?) WHERE id = ?",
+                                   [(at, latent_id) for latent_id, at in pending])
+            except (StageError, sqlite3.Error) as exc:
+                logger.debug("latent store index {}: access times kept in memory for now ({})", self.path, exc)
+                return False
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            for latent_id, at in pending:
+                if self._accesses.get(latent_id) == at:
+                    del self._accesses[latent_id]
+            return True
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -337,6 +384,27 @@ class Index:
             sql += " LIMIT ?"
             params.append(limit)
         return [_row(values) for values in self._query(sql, params)]
+
+    def made_by(self, pipelines: set[str]) -> set[str]:
+        """IDs of the rows whose ``pipeline_id`` is one of ``pipelines``."""
+        found: set[str] = set()
+        wanted = sorted(pipelines)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(v[0] for v in self._query(f"SELECT id FROM records WHERE pipeline_id IN ({marks})", chunk))
+        return found
+
+    def with_ancestors(self, ids: set[str]) -> set[str]:
+        """``ids`` and every ancestor of them the index knows."""
+        if not ids:
+            return set()
+        rows = self._query(
+            "WITH RECURSIVE up(id) AS (SELECT value FROM json_each(?)"
+            " UNION SELECT p.parent FROM parents p JOIN up ON p.child = up.id) SELECT id FROM up",
+            (json.dumps(sorted(ids)),),
+        )
+        return {values[0] for values in rows}
 
     def protected_ids(self) -> set[str]:
         return {values[0] for values in self._query(f"{_PROTECTED} SELECT id FROM protected")}

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect_acestep.stages.storage_errors import map_storage_errors
 from prefect_acestep.stages.store import sync
 from prefect_acestep.stages.store.files import LATENTS_DIR
+from prefect_acestep.stages.store.flow_leases import LEASES_DIR
 from prefect_acestep.stages.store.fs import LocalFileSystem
 from prefect_acestep.stages.store.index import Index, Row
 from prefect_acestep.stages.store.journal import AppendedJournal
@@ -48,4 +49,6 @@ class LocalSite:
 
     def sweep(self, grace_s: float) -> tuple[list[str], int]:
         """Staging directories of writers that died (or, from another host, are older than ``grace_s``)."""
-        return self.fs.sweep_staging(LATENTS_DIR, grace_s)
+        latents, freed = self.fs.sweep_staging(LATENTS_DIR, grace_s)
+        leases, lease_bytes = self.fs.sweep_staging(LEASES_DIR, grace_s)
+        return latents + leases, freed + lease_bytes

@@ -37,6 +37,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.redact import scrub_text, scrub_url
 from prefect_acestep.stages.storage_errors import map_storage_errors, typed
 from prefect_acestep.stages.store import sync
 from prefect_acestep.stages.store.conditional import ConditionalWrites, check_protocol, for_filesystem, verify
@@ -61,6 +62,11 @@ def split_url(root: str | os.PathLike[str]) -> tuple[str, str] | None:
     if match is None or match.group(1).lower() == "file":
         return None
     protocol, path = match.group(1).lower(), match.group(2).strip("/")
+    if "@" in path.split("/", 1)[0]:
+        raise InvalidStageRequest(
+            f"latent store root {scrub_url(root)!r} carries credentials; give them through storage_options "
+            "(kept as a secret by the store block), the environment or a profile"
+        )
     if not path:
         raise InvalidStageRequest(f"latent store root {root!r} names no bucket or directory")
     return protocol, path
@@ -92,7 +98,9 @@ def host_cache_dir(url: str, storage_options: dict[str, Any], index_dir: str | P
     """This host's cache directory for the store at ``url`` (created): its index, and the stage
     cache's lock files. ``index_dir`` > ``$ACE_INDEX_DIR`` > ``~/.cache/prefect-acestep/index``."""
     base = Path(index_dir) if index_dir is not None else Path(os.environ.get(INDEX_DIR_ENV, "") or _default_index_dir())
-    identity = json.dumps({"url": url, "endpoint": endpoint_of(storage_options)}, sort_keys=True)
+    # The endpoint without credentials: the folder is named after the server, and ``store.json``
+    # (for people looking at the cache directory) must not hold an endpoint's user:password.
+    identity = json.dumps({"url": url, "endpoint": scrub_url(endpoint_of(storage_options))}, sort_keys=True)
     folder = base.expanduser() / hashlib.sha256(identity.encode()).hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / "store.json"
@@ -178,7 +186,9 @@ def open_filesystem(protocol: str, path: str, storage_options: dict[str, Any]) -
     try:
         fs = fsspec.filesystem(protocol, **options)
     except (ImportError, ValueError) as exc:
-        raise InvalidStageRequest(f"latent store: cannot open {protocol}:// with {sorted(options)}: {exc}") from exc
+        raise InvalidStageRequest(
+            f"latent store: cannot open {protocol}:// with {sorted(options)}: {scrub_text(str(exc))}"
+        ) from exc
     objects = for_filesystem(fs, protocol)
     if protocol != "memory":
         verify(objects, path, endpoint_of(storage_options))

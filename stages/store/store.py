@@ -12,7 +12,9 @@ see ``remote.py`` for what each guarantee rests on there). Layout under ``root``
     journal/<n>.jsonl          the same, one object per change (remote: no append)
     index.sqlite3              cache of the above, rebuilt when missing or unreadable (local; a
                                remote store's index is a per-host cache under ``index_dir``)
-    corrupt/                   unreadable latent files, moved aside for inspection
+    corrupt/                   unreadable latent files, moved aside for inspection (at open, gc,
+                               or the first read that fails a digest), their records tombstoned
+    leases/                    leases of running flows on the latents they still need (``flow_leases``)
     .lock                      store-wide lock for lifecycle changes (remote: a lease object)
 
 A remote store's index learns of other hosts' work lazily: every lookup first applies journal
@@ -44,12 +46,13 @@ from prefect_acestep.stages.errors import (
     LatentDeleted,
     LatentExpired,
     LatentNotFound,
+    StageError,
 )
 from prefect_acestep.stages.records import LatentRecord
 from prefect_acestep.stages.storage_errors import map_storage_errors
-from prefect_acestep.stages.store import files, sync
-from prefect_acestep.stages.store.bundle import BundleItem, read_bundle, write_bundle
-from prefect_acestep.stages.store.files import CORRUPT_DIR, latent_rel
+from prefect_acestep.stages.store import files, flow_leases, sync
+from prefect_acestep.stages.store.bundle import BundleEntry, BundleItem, open_bundle, write_bundle
+from prefect_acestep.stages.store.files import CORRUPT_DIR, SUFFIX, latent_rel
 from prefect_acestep.stages.store.ids import new_latent_id, validate_latent_id
 from prefect_acestep.stages.store.index import Index, IndexUnreadable, Row, from_epoch, to_epoch
 from prefect_acestep.stages.store.journal import Event, RemovalReason
@@ -272,32 +275,82 @@ class LatentStore:
                     latent_id, f"its file vanished from the store (noticed {from_epoch(at).isoformat()})"
                 )
             if reason == "corrupt":
-                raise LatentCorrupt(latent_id, f"its file was unreadable and was moved to {self.root}/{CORRUPT_DIR}")
+                where = self._quarantined(latent_id)
+                raise LatentCorrupt(latent_id, f"its file was unreadable (corrupt, quarantined at {where})")
             raise LatentDeleted(latent_id, from_epoch(at), reason)
         if is_expired(row, time.time(), self._index.has_pinned_descendant):
             raise LatentExpired(latent_id, from_epoch(row.expires_at))
         return row
 
-    def _read(self, latent_id: str) -> tuple[Row, files.DecodedLatent]:
+    def _read(self, latent_id: str, *, extras: bool = False) -> tuple[Row, files.DecodedLatent]:
+        """The live row and the verified file of ``latent_id`` (its extras verified too with
+        ``extras``). A file that fails verification is set aside (``_set_aside``) and the read
+        raises ``LatentCorrupt`` saying where it went, so no later read, cache hit or pipeline meets
+        it again."""
         row = self._resolve(latent_id)
         try:
-            data = self.site.fs.read(latent_rel(latent_id))
+            return row, self._verified(row, extras)
+        except LatentCorrupt:
+            pass
+        with self._locked():  # no import can be rewriting the file now: look again before acting
+            row = self._resolve(latent_id)
+            try:
+                return row, self._verified(row, extras)
+            except LatentCorrupt as error:
+                raise self._set_aside(latent_id, error) from None
+
+    def _verified(self, row: Row, extras: bool) -> files.DecodedLatent:
+        try:
+            data = self.site.fs.read(latent_rel(row.id))
         except FileNotFoundError:
-            self._resolve(latent_id)  # deleted or collected by another process meanwhile
-            raise LatentCorrupt(latent_id, "its file is missing from the store") from None
-        decoded = files.decode(data, latent_id)
+            raise LatentCorrupt(row.id, "its file is missing from the store") from None
+        decoded = files.decode(data, row.id)
         if decoded.record.digest != row.digest:
-            raise LatentCorrupt(latent_id, f"file digest {decoded.record.digest} differs from the index's {row.digest}")
-        self._index.touch(latent_id, time.time())
-        return row, decoded
+            raise LatentCorrupt(row.id, f"file digest {decoded.record.digest} differs from the index's {row.digest}")
+        if extras:
+            files.verify_extras(decoded, row.id)
+        self._index.note_access(row.id, time.time())
+        return decoded
+
+    def _set_aside(self, latent_id: str, error: LatentCorrupt) -> LatentCorrupt:
+        """Under the store lock: move an unreadable file to ``corrupt/`` and tombstone its record
+        (journal, then index), reusing recovery's quarantine; return the error to raise. A store
+        that cannot take the change (read-only, busy) still answers ``LatentCorrupt``."""
+        try:
+            event = sync.quarantine(self.site.fs, latent_id, error)
+        except FileNotFoundError:  # nothing to move: the file vanished
+            event = Event("remove", latent_id, time.time(), "lost")
+        except StageError as failure:
+            return LatentCorrupt(latent_id, f"{error.reason}; it could not be quarantined ({failure})")
+        try:
+            end = self.site.journal.append([event], after=self._index.journal_offset())
+            with self._index.transaction() as db:
+                Index.remove(db, [event.removal()])
+                Index.set_journal_offset(db, end)
+        except StageError as failure:
+            return LatentCorrupt(
+                latent_id, f"{error.reason}; moved to {self._quarantined(latent_id)}, tombstone pending ({failure})"
+            )
+        if event.reason == "lost":
+            return error
+        return LatentCorrupt(latent_id, f"{error.reason}; corrupt, quarantined at {self._quarantined(latent_id)}")
+
+    def _quarantined(self, latent_id: str) -> str:
+        return self.site.fs.where(f"{CORRUPT_DIR}/{latent_id}{SUFFIX}")
 
     def get(self, latent_id: str) -> torch.Tensor:
-        """The stored tensor, digest-verified (``LatentCorrupt`` on any mismatch)."""
+        """The stored tensor, digest-verified (``LatentCorrupt`` on any mismatch, the file then set
+        aside in ``corrupt/``)."""
         return self._read(latent_id)[1].tensor
 
     def get_extras(self, latent_id: str) -> dict[str, torch.Tensor]:
         """The extra tensors stored with ``latent_id`` (empty if none), digest-verified."""
-        return files.verify_extras(self._read(latent_id)[1], latent_id)
+        return self._read(latent_id, extras=True)[1].extras
+
+    def verify(self, latent_id: str) -> None:
+        """Read ``latent_id`` whole and check every digest (tensor and extras): what a cache hit asks
+        before answering with it. Raises the typed error saying why it does not resolve."""
+        self._read(latent_id, extras=True)
 
     def record(self, latent_id: str) -> LatentRecord:
         """The latent's record as it stands now (current pin; no expiry while pinned)."""
@@ -360,24 +413,50 @@ class LatentStore:
             descendants=[live[i].record() for i in down if i in live],
         )
 
+    # --- leases of running flows (``flow_leases``) ----------------------------------------------
+
+    def lease(self, holder: str, lease_s: float, latent_ids: Iterable[str] = ()) -> None:
+        """Start or renew ``holder``'s lease (a flow run's id) for ``lease_s`` seconds: until it ends,
+        gc keeps the latents ``holder`` made (their ``pipeline_id``), ``latent_ids`` (taken with the
+        lease in one write), those marked later with ``lease_latents``, and their ancestors."""
+        if not lease_s > 0:
+            raise InvalidStageRequest(f"lease_s must be > 0, got {lease_s}")
+        ids = [validate_latent_id(latent_id) for latent_id in latent_ids]
+        flow_leases.write_lease(self.site.fs, holder, time.time() + lease_s, ids)
+
+    def lease_latents(self, holder: str, latent_ids: Iterable[str]) -> None:
+        """Keep latents that ``holder`` did not make (a source named by ID, a cached stage's result)
+        for as long as its lease lasts."""
+        flow_leases.mark(self.site.fs, holder, [validate_latent_id(latent_id) for latent_id in latent_ids])
+
+    def release(self, holder: str) -> None:
+        """End ``holder``'s lease: its latents follow the store's usual rules again."""
+        flow_leases.release(self.site.fs, holder)
+
     # --- retention ------------------------------------------------------------------------------
 
     def gc(self, now: datetime | None = None) -> GcReport:
-        """Remove expired latents (pins and their ancestors stay), then, over ``max_bytes``, evict
-        unpinned checkpoints and then finals, least recently used first; also remove leftover files
-        of crashed writers. ``now`` (timezone-aware) lets maintenance runs and tests pick the time."""
+        """Remove expired latents (pins and their ancestors stay, as do latents a running flow
+        leases, ``lease``), then, over ``max_bytes``, evict unpinned checkpoints and then finals,
+        least recently used first; also remove leftover files of crashed writers and ended leases.
+        ``now`` (timezone-aware) lets maintenance runs and tests pick the time."""
         if now is not None and now.tzinfo is None:
             raise InvalidStageRequest("gc(now=...) needs a timezone-aware datetime")
         at = time.time() if now is None else now.timestamp()
+        self._index.flush_accesses()  # best effort: LRU order is advice, gc still runs without it
         with self._locked():
             orphans, freed = sync.reconcile(self.site, self._index)
             leftovers, leftover_bytes = self.site.sweep(TEMP_GRACE_S)
             orphans += leftovers
             freed += leftover_bytes
+            leases = flow_leases.read_leases(self.site.fs, at)
+            for rel in leases.ended:
+                self.site.fs.remove(rel)
+            leased = self._index.with_ancestors(self._index.made_by(leases.holders) | leases.marked)
             removals, over_budget = plan_gc(
                 now=at,
                 expired=self._index.expired(at),
-                protected=self._index.protected_ids(),
+                protected=self._index.protected_ids() | leased,
                 eviction_order=self._index.eviction_order() if self.max_bytes is not None else [],
                 total_bytes=self._index.total_bytes(),
                 max_bytes=self.max_bytes,
@@ -404,51 +483,91 @@ class LatentStore:
             raise BundleError("export_bundle needs at least one latent ID")
         items = []
         for latent_id in wanted:
-            row, decoded = self._read(latent_id)
-            items.append(BundleItem(row.record(), decoded.tensor, files.verify_extras(decoded, latent_id)))
+            row, decoded = self._read(latent_id, extras=True)
+            items.append(BundleItem(row.record(), decoded.tensor, decoded.extras))
         return write_bundle(Path(path), items)
 
     def import_bundle(self, path: str | Path) -> list[str]:
         """Add the bundle's latents to this store (IDs kept; TTL restarts now) and return their IDs.
 
-        The whole bundle is verified first, and a latent already here with different content is a
-        conflict: in both cases ``BundleError`` is raised and nothing is written. A latent this
-        store had deleted or let expire is brought back; a latent pinned here stays pinned.
-        """
-        items = read_bundle(Path(path))
-        with self._locked():
-            existing = self._index.rows([item.record.id for item in items])
-            for item in items:  # latents other writers put may not be in this index yet
-                if item.record.id not in existing and self._index.tombstone(item.record.id) is None:
-                    if (row := self.site.adopt(self._index, item.record.id)) is not None:
-                        existing[item.record.id] = row
-            for item in items:
-                here = existing.get(item.record.id)
-                if here is not None and here.digest != item.record.digest:
-                    raise BundleError(
-                        f"bundle {path} refused: latent {item.record.id} exists here with different content"
-                    )
-            # A revival resets the journal's view of each ID to its (re)written file, so a rebuild
-            # agrees with the index about tombstones and pins of imported latents.
-            revivals = [Event("revive", item.record.id, time.time()) for item in items]
-            end = self.site.journal.append(revivals, after=self._index.journal_offset())
-            with self._index.transaction() as db:
-                for item in items:
-                    Index.revive(db, item.record.id)
-                Index.set_journal_offset(db, end)
-            now = datetime.now(UTC)
-            for item in items:
-                here = existing.get(item.record.id)
-                self._write_imported(item, now, keep_pin=here is not None and here.pinned)
-        return [item.record.id for item in items]
+        Every entry is read and verified before any is written, one latent in memory at a time,
+        and a latent already here with different content is a conflict: in both cases
+        ``BundleError`` is raised and nothing is written. A latent already here with the same
+        content is left as it is (its record, pin and TTL are this store's). A latent this store
+        had deleted or let expire is brought back.
 
-    def _write_imported(self, item: BundleItem, now: datetime, keep_pin: bool) -> None:
-        """Write one verified bundle latent; an import never unpins a latent pinned here."""
+        A bundle's pins are claims, and an import never lets one reach a latent this store already
+        had: a pin protects its ancestors, so a pinned entry whose ancestry (through the bundle's
+        records) names a latent already here comes in unpinned; pin it here if that is meant.
+        """
+        with open_bundle(Path(path)) as bundle:
+            for entry in bundle.entries:
+                bundle.load(entry)  # verify everything before writing anything
+            with self._locked():
+                existing = self._existing(entry.record.id for entry in bundle.entries)
+                for entry in bundle.entries:
+                    here = existing.get(entry.record.id)
+                    if here is not None and here.digest != entry.record.digest:
+                        raise BundleError(
+                            f"bundle {path} refused: latent {entry.record.id} exists here with different content"
+                        )
+                fresh = [entry for entry in bundle.entries if entry.record.id not in existing]
+                pins = self._importable_pins(fresh, Path(path))
+                # A revival resets the journal's view of each ID to its (re)written file, so a
+                # rebuild agrees with the index about tombstones and pins of imported latents.
+                revivals = [Event("revive", entry.record.id, time.time()) for entry in fresh]
+                if revivals:
+                    end = self.site.journal.append(revivals, after=self._index.journal_offset())
+                    with self._index.transaction() as db:
+                        for entry in fresh:
+                            Index.revive(db, entry.record.id)
+                        Index.set_journal_offset(db, end)
+                now = datetime.now(UTC)
+                for entry in fresh:
+                    self._write_imported(bundle.load(entry), now, pinned=entry.record.id in pins)
+        return [entry.record.id for entry in bundle.entries]
+
+    def _existing(self, ids: Iterable[str]) -> dict[str, Row]:
+        """Live rows of ``ids``, including latents other writers put that this index has not seen."""
+        wanted = list(ids)
+        existing = self._index.rows(wanted)
+        for latent_id in wanted:
+            if latent_id not in existing and self._index.tombstone(latent_id) is None:
+                if (row := self.site.adopt(self._index, latent_id)) is not None:
+                    existing[latent_id] = row
+        return existing
+
+    def _importable_pins(self, fresh: list[BundleEntry], path: Path) -> set[str]:
+        """The entries whose bundle pin may stand: those whose ancestry, followed through the
+        bundle's own records, names no latent already in this store."""
+        records = {entry.record.id: entry.record for entry in fresh}
+        outside = {parent for record in records.values() for parent in record.parent_ids if parent not in records}
+        present = set(self._existing(outside))
+        pins = set()
+        for entry in fresh:
+            if not entry.record.pinned:
+                continue
+            seen, stack, reaches = set(), [entry.record.id], []
+            while stack:
+                for parent in records[stack.pop()].parent_ids:
+                    if parent in present:
+                        reaches.append(parent)
+                    elif parent in records and parent not in seen:
+                        seen.add(parent)
+                        stack.append(parent)
+            if reaches:
+                logger.warning(
+                    "bundle {}: {} came pinned, but its pin would protect {}, already in this store; imported unpinned",
+                    path, entry.record.id, ", ".join(sorted(set(reaches))),
+                )  # fmt: skip
+            else:
+                pins.add(entry.record.id)
+        return pins
+
+    def _write_imported(self, item: BundleItem, now: datetime, pinned: bool) -> None:
+        """Write one verified bundle latent."""
         record = item.record.model_copy(
-            update={
-                "expires_at": expiry(now, item.record.ttl_hours, self.ttl_hours),
-                "pinned": item.record.pinned or keep_pin,
-            }
+            update={"expires_at": expiry(now, item.record.ttl_hours, self.ttl_hours), "pinned": pinned}
         )
         known: Future[tuple[str, str]] = Future()
         known.set_result((record.digest, files.extras_digest(item.extras)))

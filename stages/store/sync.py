@@ -89,7 +89,7 @@ def catch_up_journal(site: Site, index: Index, *, remove_files: bool = True) -> 
             site.fs.remove(latent_rel(latent_id))
 
 
-def _quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
+def quarantine(fs: FileSystem, latent_id: str, error: LatentCorrupt) -> Event:
     """Move an unreadable latent file aside (kept for inspection, never served) and say why."""
     logger.warning("latent store: moving unreadable file of {} to {}/: {}", latent_id, CORRUPT_DIR, error.reason)
     fs.move(latent_rel(latent_id), f"{CORRUPT_DIR}/{latent_id}{SUFFIX}")
@@ -119,7 +119,7 @@ def reconcile(site: Site, index: Index) -> tuple[list[str], int]:
         if isinstance(record, LatentRecord):
             records.append(record)
         elif isinstance(record, LatentCorrupt):
-            events.append(_quarantine(fs, latent_id, record))
+            events.append(quarantine(fs, latent_id, record))
         # FileNotFoundError: removed since the listing (a concurrent import rewrite is not possible: locked)
     now = time.time()
     events += [Event("remove", latent_id, now, "lost") for latent_id in sorted(indexed - on_disk.keys())]
@@ -178,7 +178,7 @@ def rebuild(site: Site, index: Index) -> None:
         if isinstance(record, LatentRecord):
             records.append(record)
         elif isinstance(record, LatentCorrupt):
-            quarantined.append(_quarantine(fs, latent_id, record))
+            quarantined.append(quarantine(fs, latent_id, record))
     if quarantined:
         end = site.journal.append(quarantined, after=end)
         for event in quarantined:
