@@ -215,7 +215,7 @@ class PipelineRequest(LmSettings, RunSettings, Conditioning):
         if params.src_stage is None:
             return []
         if params.src_stage >= index:
-            earlier = f"the earlier ones are 0..{index - 1}" if index > 0 else "this is the first stage"
+            earlier = {0: "this is the first stage", 1: "the only earlier one is 0"}.get(index, f"the earlier ones are 0 to {index - 1}")
             message = f"{params.src_stage} is not an earlier stage (stages are numbered from 0; {earlier})"
             return [("src_stage", message)]
         if resolve_source(params).kind != "stage":

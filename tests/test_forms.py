@@ -163,7 +163,7 @@ def test_every_problem_of_a_pipeline_is_one_line_naming_stage_index_and_field_ti
     assert lines == [
         "stage 0 (generate) · Checkpoint steps (checkpoint_steps): [6] out of range: 4 inference steps allow 0..3",
         "stage 1 (refine) · Source stage (src_stage): 3 is not an earlier stage (stages are numbered from 0; the "
-        "earlier ones are 0..0)",
+        "only earlier one is 0)",
         "stage 2 (repaint) · Repaint end (s) (repainting_end): 6 s is past the end of the clip: its Duration (s) is "
         "4 s. Shorten the window, or set the duration to 6 s to extend the clip (outpainting)",
     ]
