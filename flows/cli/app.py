@@ -19,9 +19,10 @@ from prefect_acestep.flows.cli import latents, server
 from prefect_acestep.flows.cli.demo import run_demo
 from prefect_acestep.flows.cli.output import RESULT_COLUMNS, document, emit, result_rows, table, typed_errors
 from prefect_acestep.flows.cli.requests import build_request
-from prefect_acestep.flows.cli.server import prefect_for_command
-from prefect_acestep.stages.conversions import custom_to_stage, restore
+from prefect_acestep.flows.cli.server import flows_start, prefect_for_command
+from prefect_acestep.stages.conversions import custom_to_params, custom_to_stage, restore
 from prefect_acestep.stages.decode import DEFAULT_NORMALIZE_DBFS, decode_latent
+from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.requests import GenerateRequest, PipelineRequest, SimpleRequest
 from prefect_acestep.stages.results import StageResult
 
@@ -34,16 +35,13 @@ app = typer.Typer(
 app.add_typer(latents.app, name="latents")
 app.add_typer(server.app, name="server")
 
-FLOW_COMMANDS = frozenset({"demo", "run", "generate", "simple"})
-
-
 @app.callback()
 def prefect_server(ctx: typer.Context) -> None:
     """ACE-Step 1.5 stages as Prefect flows over persisted latent IDs.
 
     Commands use the Prefect server at PREFECT_API_URL, else a local one (`prefect-acestep server
     start`), else a temporary one per command."""
-    ctx.with_resource(prefect_for_command(runs_flows=ctx.invoked_subcommand in FLOW_COMMANDS))
+    ctx.with_resource(prefect_for_command())
 
 StoreOption = latents.StoreOption
 JsonOption = latents.JsonOption
@@ -63,10 +61,22 @@ def _out(out: Path | None) -> str | None:
     return None if out is None else str(out.expanduser().resolve())
 
 
+def _check_named_latents(params: list[StageParams], store: str | None) -> None:
+    """The latents a request names by ID are in the store before its flow starts: a missing one is
+    the command's one-line error (``typed_errors``), not a failed run whose log holds a traceback."""
+    from prefect_acestep.flows.common import borrowed_sources
+    from prefect_acestep.tasks.blocks import AceLatentStore
+
+    latent_store = AceLatentStore.resolve(store).get_store()
+    for latent_id in sorted(borrowed_sources(params)):
+        latent_store.record(latent_id)
+
+
 @app.command()
 def demo(out: OutOption = Path("out/demo"), store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Run the demo pipeline on the embedded backend, write audio files, resume from a checkpoint."""
     with typed_errors():
+        flows_start()
         report = run_demo(out_dir=_out(out), store=store)
         emit(report, as_json, lambda r: r.print())
 
@@ -83,6 +93,8 @@ def run(
 
     with typed_errors():
         request = build_request(PipelineRequest, request_file, {})
+        _check_named_latents([request.stage_params(index) for index in range(len(request.stages))], store)
+        flows_start()
         hops = pipeline_flow(request, store=store, out_dir=_out(out))
         emit(hops, as_json, _results_table)
 
@@ -117,6 +129,8 @@ def generate(
                 "checkpoint_steps": checkpoint_step or None,
             },
         )  # fmt: skip
+        _check_named_latents([custom_to_params(request)], store)
+        flows_start()
         results = generate_flow(request, store=store, out_dir=_out(out))
         emit(results, as_json, lambda r: _results_table([r]))
 
@@ -136,6 +150,7 @@ def simple(
 
     with typed_errors():
         request = SimpleRequest(description=description, duration=duration, seed=seed, instrumental=instrumental)
+        flows_start()
         results = simple_flow(request, store=store, out_dir=_out(out))
         emit(results, as_json, lambda r: _results_table([r]))
 

@@ -107,19 +107,24 @@ def command_settings() -> tuple[dict[Any, Any], str | None]:
 
 
 @contextmanager
-def prefect_for_command(runs_flows: bool) -> Iterator[str | None]:
-    """Enter the command's Prefect settings; a command that runs flows without a server says on
-    stderr how to have one."""
+def prefect_for_command() -> Iterator[str | None]:
+    """Enter the command's Prefect settings (``command_settings``); yields the server found."""
     updates, url = command_settings()
-    if url is None and runs_flows:
+    with temporary_settings(updates=updates):
+        yield url
+
+
+def flows_start() -> None:
+    """Called by a command once its input is read and checked, right before it runs a flow: without
+    a server, say on stderr that a temporary one starts and how to keep one running instead. (Said
+    earlier, it stood above the one-line error of a request that never ran.)"""
+    if PREFECT_API_URL.value() is None:
         print(
             f"No Prefect server at {local_server_url()}: this command starts a temporary one. "
             f"Keep one running with `{START_HINT}` (UI at {local_server_url().removesuffix('/api')}); "
             "commands then use it.",
             file=sys.stderr,
         )
-    with temporary_settings(updates=updates):
-        yield url
 
 
 app = typer.Typer(help="Keep a local Prefect server running, so commands need not start one.", no_args_is_help=True)
