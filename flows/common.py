@@ -15,7 +15,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ValidationError
 
 from prefect_acestep.stages.decode import existing_audio
-from prefect_acestep.stages.errors import InvalidStageRequest
+from prefect_acestep.stages.errors import InvalidStageRequest, LatentCorrupt, LatentDeleted, LatentExpired, LatentNotFound
 from prefect_acestep.stages.forms import problem_lines
 from prefect_acestep.stages.params import StageParams
 from prefect_acestep.stages.records import LatentRecord
@@ -137,14 +137,26 @@ class RunStory:
     def _learn(self, results: Sequence[StageResult]) -> None:
         params = results[0].params
         source = params.src_latent_id if params.src_latent_id is not None else params.src_audio_id
-        if source is not None and self._record(source).stage_type != IMPORT_STAGE:  # imported audio has no params
-            self.sources[source] = StageParams.model_validate(self._record(source).params)
+        if source is not None:
+            self._learn_source(source)
         if not self.forms.deployments:
             return
         for result in results:
             for latent_id in (result.latent_id, *(c.latent_id for c in result.checkpoints)):
                 record = self._record(latent_id)
                 self.links[(latent_id, result.sample_index)] = self.forms.links(record, result.sample_index)
+
+    def _learn_source(self, source: str) -> None:
+        """The params a stage's source was made with, for the summary's comparison. A cached stage
+        may name a source that is gone since (a damaged latent is set aside and made again under a
+        new ID): the summary then compares that stage against the defaults, and the log says why."""
+        try:
+            record = self._record(source)
+        except (LatentNotFound, LatentExpired, LatentDeleted, LatentCorrupt) as error:
+            get_run_logger().warning(f"the summary compares against the defaults where a stage read {source}: {error}")
+            return
+        if record.stage_type != IMPORT_STAGE:  # imported audio has no params
+            self.sources[source] = StageParams.model_validate(record.params)
 
     def stage(self, index: int | None, results: list[StageResult], task_run_id: UUID | None, key: str) -> None:
         """A stage is done (and decoded, if it is to be heard): log it and publish its artifacts."""

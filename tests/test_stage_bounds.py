@@ -62,7 +62,7 @@ def test_an_outpainting_window_past_the_cap_is_refused_before_any_work(store: La
         model = counting(BACKEND, "base")
         model.reset()
     request = params(stage_type=stage_type, src_latent_id=source, repainting_start=-600.0, repainting_end=600.0,
-                     seed=8, **extra)  # fmt: skip
+                     seed=8, duration=None, **extra)  # fmt: skip
     with pytest.raises(InvalidStageRequest) as caught:
         run_stage(request, store)
     message = str(caught.value)
@@ -74,12 +74,12 @@ def test_an_outpainting_window_past_the_cap_is_refused_before_any_work(store: La
 def test_chained_outpainting_stops_at_the_cap(store: LatentStore) -> None:
     first = run_stage(params(duration=2.0), store)[0].latent_id
     grown = run_stage(params(stage_type="repaint", src_latent_id=first, repainting_start=-1.0, repainting_end=3.0,
-                             seed=9), store)[0].latent_id  # fmt: skip
+                             seed=9, duration=4.0), store)[0].latent_id  # fmt: skip  (the longer clip, asked for)
     assert store.record(grown).shape[1] == 100  # 4 s: padded one second on each side
     counting(BACKEND).reset()
     with pytest.raises(InvalidStageRequest, match=r"over a 4 s source makes a 602 s result \(15050 frames\)"):
         run_stage(params(stage_type="repaint", src_latent_id=grown, repainting_start=-598.0, repainting_end=0.0,
-                         seed=10), store)  # fmt: skip
+                         seed=10, duration=None), store)  # fmt: skip
     assert no_work_done(store, before=2)
 
 
